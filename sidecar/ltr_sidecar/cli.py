@@ -1,0 +1,136 @@
+"""`ltr-sidecar`: the command line. Every `serve` flag can also be set as LTR_<FLAG> (e.g. LTR_PORT=50052)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .bundle import DEFAULT_BUNDLE
+
+log = logging.getLogger("ltr_sidecar")
+
+
+class _EnvDefaults(argparse.ArgumentParser):
+    """An ArgumentParser whose flags default to LTR_<DEST> from the environment, named in --help."""
+
+    def add_env_argument(self, flag: str, help: str, type: Callable[[str], Any] = str, default: Any = None, **kw: Any) -> None:
+        dest = flag.lstrip("-").replace("-", "_")
+        env = f"LTR_{dest.upper()}"
+        if env in os.environ:
+            raw = os.environ[env]
+            if kw.get("action") == "store_true":
+                default = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                try:
+                    default = type(raw)
+                except (TypeError, ValueError) as e:
+                    self.error(f"{env}={raw!r}: {e}")
+        shown = "" if default is None else f" (default: {default})"
+        self.add_argument(flag, dest=dest, default=default, help=f"{help}{shown} [env {env}]", **({"type": type} if "action" not in kw else {}), **kw)
+
+
+def _providers(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p: _EnvDefaults = sub.add_parser(
+        "serve",
+        help="serve a ranker bundle over gRPC",
+        description="Serve a ranker bundle over gRPC (ltr.v1.RankerService, grpc.health.v1, reflection) with Prometheus /metrics.",
+    )
+    a = p.add_env_argument
+    a("--model", "ranker bundle directory (model.onnx, tokenizer.json, ranker.json)", Path, DEFAULT_BUNDLE)
+    a("--providers", "comma-separated ONNX Runtime execution providers, in order; empty picks TensorRT > CUDA > CPU", _providers, ())
+    a("--host", "address to listen on; 0.0.0.0 or :: exposes the sidecar beyond this machine", str, "127.0.0.1")
+    a("--port", "gRPC port (0 picks a free one)", int, 50051)
+    a("--metrics-host", "address for /metrics", str, "127.0.0.1")
+    a("--metrics-port", "Prometheus /metrics port (0 picks a free one, -1 disables)", int, 9090)
+    a("--max-batch-size", "most prompts per model call", int, 32)
+    a("--max-delay-ms", "longest a prompt waits for its batch to fill when the server is idle", float, 2.0)
+    a("--max-queue", "most prompts waiting for the model; beyond it calls get RESOURCE_EXHAUSTED", int, 2048)
+    a("--cache-size", "score cache entries (0 disables the cache)", int, 100_000)
+    a("--intra-op-threads", "ONNX Runtime threads per model call (0: one per core)", int, 0)
+    a("--max-items", "most items per Score call and candidates per NextBatch call", int, 8192)
+    a("--max-prompt-bytes", "longest prompt accepted, in UTF-8 bytes (prompts are truncated to the model's max tokens)", int, 1 << 20)
+    a("--max-message-bytes", "largest gRPC message, either way", int, 64 << 20)
+    a("--starvation-threshold", "steps a candidate may wait unscheduled before it is promoted (0 disables the guard)", int, 256)
+    a("--starvation-quantum", "executed steps a promoted candidate stays in the top band", int, 32)
+    a("--tls-cert", "PEM server certificate (enables TLS; needs --tls-key)", Path)
+    a("--tls-key", "PEM private key of --tls-cert", Path)
+    a("--tls-client-ca", "PEM CA that must have signed client certificates (enables mTLS)", Path)
+    a("--grace", "seconds in-flight calls may take to drain on SIGTERM", float, 10.0)
+    a("--log-level", "debug, info, warning or error", str, "info")
+    a("--log-format", "json (one object per line) or text", str, "json")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .config import Limits, ServerConfig
+    from .logs import configure_logging
+    from .ordering import StarvationGuard
+    from .server import serve
+
+    configure_logging(args.log_level, args.log_format)
+    try:
+        config = ServerConfig(
+            model=args.model,
+            providers=args.providers,
+            host=args.host,
+            port=args.port,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+            max_batch_size=args.max_batch_size,
+            max_delay_ms=args.max_delay_ms,
+            max_queue=args.max_queue,
+            cache_size=args.cache_size,
+            intra_op_threads=args.intra_op_threads,
+            limits=Limits(args.max_items, args.max_prompt_bytes, args.max_message_bytes),
+            guard=StarvationGuard(args.starvation_threshold, args.starvation_quantum),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            grace_s=args.grace,
+        )
+        asyncio.run(serve(config))
+    except (BundleError, ValueError, OSError) as e:
+        log.error("cannot start: %s", e)
+        return 2
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import add_arguments, main
+
+    p = sub.add_parser(
+        "bench",
+        help="load-test a sidecar on loopback and compare with in-process ONNX Runtime",
+        description="Start a sidecar on loopback (or use --target), load it with Score and NextBatch calls at several "
+        "concurrencies, and compare with the same model run in-process, measured in the same run.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltr-sidecar", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaults)
+    _add_serve(sub)
+    _add_bench(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

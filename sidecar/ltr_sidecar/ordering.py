@@ -1,0 +1,135 @@
+"""The ordering policy: which candidates run next. Pure functions, no I/O.
+
+The policy is the paper's (Fu et al. 2024, Algorithm 1): every step, rank all
+candidates, running and waiting, by predicted output length and run the
+highest-ranked prefix that fits the budget. Running requests outside it are
+preempted. Sort key, most significant first:
+
+1. the explicit user priority, lower first (vLLM's convention); unset = 0;
+2. the starvation band: promoted candidates first (see below);
+3. the score, higher (shorter predicted output) first; unscored last;
+4. arrival order.
+
+Starvation guard (vllm-ltr's): a candidate left out for `threshold_steps`
+consecutive steps is promoted to the top band for its next `quantum_steps`
+executed steps. The counters travel with the candidates, so the policy keeps
+no state between calls. Both engines (the vLLM hook) and the sidecar's
+NextBatch RPC call `next_batch`, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Defaults, in engine steps. An idle request is promoted after about 256
+# steps (a few seconds on a GPU at 10-30 ms a step), which bounds the wait of
+# a long request under a stream of short ones while leaving SJF untouched at
+# normal load; 32 executed steps let it make progress before it competes again.
+DEFAULT_THRESHOLD_STEPS = 256
+DEFAULT_QUANTUM_STEPS = 32
+
+
+@dataclass(frozen=True)
+class StarvationGuard:
+    threshold_steps: int = DEFAULT_THRESHOLD_STEPS  # 0 disables the guard
+    quantum_steps: int = DEFAULT_QUANTUM_STEPS
+
+    @property
+    def enabled(self) -> bool:
+        return self.threshold_steps > 0 and self.quantum_steps > 0
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Columns of equal length, one row per candidate, rows in arrival order."""
+
+    scores: np.ndarray  # float, higher = shorter; NaN = unscored
+    running: np.ndarray  # bool
+    num_tokens: np.ndarray  # int, tokens needed this step
+    priority: np.ndarray  # int, lower first
+    idle_steps: np.ndarray  # int
+    promoted_steps_left: np.ndarray  # int
+
+    @classmethod
+    def build(
+        cls,
+        scores: list[float] | np.ndarray,
+        running: list[bool] | np.ndarray | None = None,
+        num_tokens: list[int] | np.ndarray | None = None,
+        priority: list[int] | np.ndarray | None = None,
+        idle_steps: list[int] | np.ndarray | None = None,
+        promoted_steps_left: list[int] | np.ndarray | None = None,
+    ) -> Candidates:
+        """Columns from lists; omitted columns take their defaults (waiting, 1 token, priority 0, fresh counters)."""
+        n = len(scores)
+
+        def col(values: object, dtype: type, default: int) -> np.ndarray:
+            return np.full(n, default, dtype=dtype) if values is None else np.asarray(values, dtype=dtype)
+
+        return cls(
+            scores=np.asarray(scores, dtype=np.float64),
+            running=col(running, bool, False),
+            num_tokens=col(num_tokens, np.int64, 1),
+            priority=col(priority, np.int64, 0),
+            idle_steps=col(idle_steps, np.int64, 0),
+            promoted_steps_left=col(promoted_steps_left, np.int64, 0),
+        )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class Decision:
+    order: np.ndarray  # candidate indices, highest priority first
+    num_scheduled: int  # order[:num_scheduled] fits the budget
+    preempted: np.ndarray  # indices of running candidates outside the scheduled prefix
+    idle_steps: np.ndarray  # updated counters, in candidate order
+    promoted_steps_left: np.ndarray
+
+    @property
+    def scheduled(self) -> np.ndarray:
+        return self.order[: self.num_scheduled]
+
+
+def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate indices, highest priority first, and each candidate's promoted-steps quantum."""
+    promoted_left = c.promoted_steps_left.copy()
+    if guard.enabled:
+        newly = (promoted_left <= 0) & (c.idle_steps >= guard.threshold_steps)
+        promoted_left[newly] = guard.quantum_steps
+    band = np.where(promoted_left > 0, 0, 1)
+    # Negated so that ascending sort puts high scores first; unscored sort last.
+    score_key = np.where(np.isnan(c.scores), np.inf, -c.scores)
+    arrival = np.arange(len(c))
+    # lexsort: the last key is the most significant.
+    order = np.lexsort((arrival, score_key, band, c.priority))
+    return order, promoted_left
+
+
+def next_batch(
+    c: Candidates,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    guard: StarvationGuard = StarvationGuard(),
+) -> Decision:
+    """Order the candidates and take the longest prefix that fits the budget.
+
+    The prefix is strict: a candidate that does not fit ends the batch, so no
+    lower-ranked request overtakes it.
+    """
+    if max_num_seqs <= 0 or max_num_batched_tokens <= 0:
+        raise ValueError("the budget must be positive")
+    order, promoted_left = priority_order(c, guard)
+    tokens = np.maximum(c.num_tokens[order], 1)
+    fits = (np.arange(1, len(c) + 1) <= max_num_seqs) & (np.cumsum(tokens) <= max_num_batched_tokens)
+    num_scheduled = int(np.argmin(fits)) if not fits.all() else len(c)
+
+    scheduled = np.zeros(len(c), dtype=bool)
+    scheduled[order[:num_scheduled]] = True
+    preempted = order[num_scheduled:][c.running[order[num_scheduled:]]]
+    idle = np.where(scheduled, 0, c.idle_steps + 1)
+    promoted_left = np.where(scheduled & (promoted_left > 0), promoted_left - 1, promoted_left)
+    return Decision(order, num_scheduled, preempted, idle, promoted_left)

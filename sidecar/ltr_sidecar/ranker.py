@@ -1,0 +1,110 @@
+"""The ranker runtime: a verified bundle served by ONNX Runtime.
+
+Synchronous and thread-safe: the micro-batcher calls it from a worker thread.
+ONNX Runtime releases the GIL while it computes, so the event loop keeps
+answering RPCs during inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .bundle import Bundle, load_bundle
+
+log = logging.getLogger(__name__)
+
+# Preferred first. TensorRT and CUDA exist only with onnxruntime-gpu.
+AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# No realistic token spans more characters than this, so cutting a prompt to
+# max_length * this many characters before tokenizing changes no score but
+# bounds the work a megabyte-long prompt costs.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """The execution providers to use: `requested` if given (all must exist), else the best available."""
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(f"--providers: {', '.join(missing)} not available here (available: {', '.join(available)})")
+        return list(requested)
+    return [p for p in AUTO_PROVIDERS if p in available] or available
+
+
+class OnnxRanker:
+    """Scores prompts with a bundle's model: higher score = shorter predicted output."""
+
+    def __init__(self, bundle: Bundle | str | Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.max_length = self.bundle.max_length
+        self.tokenizer = Tokenizer.from_file(str(self.bundle.tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(self.bundle.model_path), sess_options=options, providers=choose_providers(providers)
+        )
+        self.providers: list[str] = self.session.get_providers()
+        inputs = {i.name for i in self.session.get_inputs()}
+        if not {"input_ids", "attention_mask"} <= inputs:
+            raise ValueError(f"{self.bundle.model_path}: inputs must be input_ids and attention_mask, found {sorted(inputs)}")
+        self._output = self.session.get_outputs()[0].name
+        log.info("ranker loaded", extra={"model_version": self.bundle.model_version, "provider": self.provider})
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids must lie in [0, vocab_size): the model's embedding table has no more rows."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the model (the first one ONNX Runtime accepted)."""
+        return self.providers[0]
+
+    def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids for each prompt, truncated to the bundle's max_length."""
+        limit = self.max_length * MAX_CHARS_PER_TOKEN
+        encodings = self.tokenizer.encode_batch([p[:limit] for p in prompts])
+        return [e.ids for e in encodings]
+
+    def truncate(self, token_ids: Sequence[Sequence[int]]) -> list[Sequence[int]]:
+        """Caller-tokenized ids, cut to max_length (the tokenizer's own truncation keeps the head too)."""
+        return [ids[: self.max_length] for ids in token_ids]
+
+    def score_texts(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.score_ids(self.tokenize(prompts))
+
+    def score_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Scores for already tokenized (and truncated) prompts, in input order.
+
+        Rows are grouped into power-of-two length buckets and each bucket is
+        padded only to its own longest row: one long prompt does not make a
+        whole batch pay for its padding.
+        """
+        scores = np.empty(len(token_ids), dtype=np.float32)
+        buckets: dict[int, list[int]] = {}
+        for i, ids in enumerate(token_ids):
+            buckets.setdefault(max(1, len(ids) - 1).bit_length(), []).append(i)
+        for rows in buckets.values():
+            scores[rows] = self._run([token_ids[i] for i in rows])
+        return scores
+
+    def _run(self, rows: list[Sequence[int]]) -> np.ndarray:
+        width = max(1, max(len(r) for r in rows))
+        input_ids = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, ids in enumerate(rows):
+            input_ids[i, : len(ids)] = ids
+            mask[i, : len(ids)] = 1
+        (out,) = self.session.run([self._output], {"input_ids": input_ids, "attention_mask": mask})
+        return np.asarray(out, dtype=np.float32).reshape(len(rows))

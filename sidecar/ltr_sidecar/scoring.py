@@ -1,0 +1,101 @@
+"""Scoring service logic: cache first, then the micro-batched ranker. No gRPC here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batcher import MicroBatcher
+from .ranker import OnnxRanker
+from .score_cache import ScoreCache, prompt_key
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    """One request to score: its id and either its prompt or its token ids."""
+
+    request_id: str
+    prompt: str | None = None
+    token_ids: Sequence[int] | None = None
+
+    @property
+    def key(self) -> bytes:
+        return prompt_key(self.prompt, self.token_ids)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    score: float
+    cached: bool
+
+
+class Scorer:
+    """Scores requests for the servicer: deduplicates, consults the cache, batches the rest."""
+
+    def __init__(
+        self,
+        ranker: OnnxRanker,
+        cache_size: int = 100_000,
+        max_batch_size: int = 32,
+        max_delay_s: float = 0.002,
+        max_queue: int = 1024,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
+        self.ranker = ranker
+        self.cache = ScoreCache(cache_size)
+        self.batcher: MicroBatcher[ScoreInput, float] = MicroBatcher(
+            self._run_batch, max_batch_size=max_batch_size, max_delay_s=max_delay_s, max_queue=max_queue, on_batch=on_batch
+        )
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+
+    async def score(self, inputs: Sequence[ScoreInput], deadline: float | None = None) -> list[ScoreResult]:
+        """One result per input. Raises batcher.Overloaded or batcher.DeadlineExpired."""
+        results: list[ScoreResult | None] = [None] * len(inputs)
+        pending: dict[bytes, list[int]] = {}  # identical prompts in one call are scored once
+        for i, item in enumerate(inputs):
+            key = item.key
+            if key in pending:
+                pending[key].append(i)
+                continue
+            score = self.cache.get(key)
+            if score is not None:
+                self.cache.remember_id(item.request_id, key)
+                results[i] = ScoreResult(score, cached=True)
+            else:
+                pending[key] = [i]
+        if pending:
+            firsts = [inputs[rows[0]] for rows in pending.values()]
+            scores = await self.batcher.submit(firsts, deadline)
+            for (key, rows), score in zip(pending.items(), scores):
+                for i in rows:
+                    self.cache.put(inputs[i].request_id, key, score)
+                    results[i] = ScoreResult(score, cached=False)
+        return results  # type: ignore[return-value]
+
+    def cached_score(self, request_id: str) -> float | None:
+        return self.cache.get_by_id(request_id)
+
+    def _run_batch(self, items: list[ScoreInput]) -> list[float]:
+        # Runs in the batcher's worker thread: tokenizing here keeps the event loop free.
+        texts = [(i, it.prompt) for i, it in enumerate(items) if it.prompt is not None]
+        ids: list[Sequence[int]] = [()] * len(items)
+        if texts:
+            for (i, _), tokens in zip(texts, self.ranker.tokenize([t for _, t in texts])):
+                ids[i] = tokens
+        for i, it in enumerate(items):
+            if it.prompt is None:
+                ids[i] = it.token_ids[: self.ranker.max_length]  # type: ignore[index]
+        return np.asarray(self.ranker.score_ids(ids), dtype=np.float64).tolist()
+
+
+def deadline_from_timeout(seconds: float | None) -> float | None:
+    """An absolute time.monotonic() deadline from a remaining-time budget."""
+    return None if seconds is None else time.monotonic() + seconds

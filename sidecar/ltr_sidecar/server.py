@@ -1,0 +1,142 @@
+"""Assemble and run the gRPC server: ranker, servicer, health, reflection, metrics, TLS, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .api import ranker_pb2 as pb
+from .config import ServerConfig
+from .metrics import Metrics
+from .ranker import OnnxRanker
+from .request_decoding import lenient_deserializer
+from .scoring import Scorer
+from .servicer import RankerServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RankerService"].full_name
+
+
+def _handlers(servicer: RankerServicer) -> grpc.GenericRpcHandler:
+    """Like the generated add_..._to_server, but with deserializers that report bad UTF-8 as INVALID_ARGUMENT."""
+    rpcs = {
+        "Score": (servicer.Score, pb.ScoreRequest, pb.ScoreResponse),
+        "NextBatch": (servicer.NextBatch, pb.NextBatchRequest, pb.NextBatchResponse),
+        "ModelInfo": (servicer.ModelInfo, pb.ModelInfoRequest, pb.ModelInfoResponse),
+    }
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=lenient_deserializer(req), response_serializer=resp.SerializeToString
+            )
+            for name, (fn, req, resp) in rpcs.items()
+        },
+    )
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+@dataclass
+class SidecarServer:
+    """A running sidecar. Build it with `start`, end it with `stop`."""
+
+    config: ServerConfig
+    server: grpc.aio.Server
+    scorer: Scorer
+    health: health.aio.HealthServicer
+    metrics: Metrics
+    port: int
+    metrics_port: int | None
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    async def start(cls, config: ServerConfig, ranker: OnnxRanker | None = None) -> SidecarServer:
+        """Load the model (unless given), bind, and start serving. Raises if the bundle is bad or the port taken."""
+        ranker = ranker or OnnxRanker(config.model, config.providers or None, config.intra_op_threads)
+        metrics = Metrics()
+        scorer = Scorer(
+            ranker,
+            cache_size=config.cache_size,
+            max_batch_size=config.max_batch_size,
+            max_delay_s=config.max_delay_ms / 1e3,
+            max_queue=config.max_queue,
+            on_batch=metrics.observe_batch,
+        )
+        metrics.watch(scorer)
+        metrics.model.labels(ranker.bundle.model_version, ranker.provider, ranker.bundle.model_sha256).set(1)
+        size = config.limits.max_message_bytes
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size), ("grpc.so_reuseport", 0)]
+        )
+        servicer = RankerServicer(scorer, config.limits, config.guard, metrics)
+        server.add_generic_rpc_handlers([_handlers(servicer)])
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+        address = f"{config.host}:{config.port}"
+        if ":" in config.host and not config.host.startswith("["):
+            address = f"[{config.host}]:{config.port}"
+        creds = _credentials(config)
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"could not bind {address}")
+        metrics_port = metrics.serve_http(config.metrics_host, config.metrics_port) if config.metrics_port >= 0 else None
+
+        scorer.start()
+        await server.start()
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "address": f"{config.host}:{port}",
+                "tls": creds is not None,
+                "mtls": config.tls_client_ca is not None,
+                "metrics_port": metrics_port,
+                "model_version": ranker.bundle.model_version,
+                "provider": ranker.provider,
+            },
+        )
+        return cls(config, server, scorer, health_servicer, metrics, port, metrics_port)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Health goes NOT_SERVING first, in-flight calls drain for up to grace_s, then everything stops."""
+        if self._stopped.is_set():
+            return
+        grace = self.config.grace_s if grace_s is None else grace_s
+        log.info("shutting down", extra={"grace_s": grace})
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.scorer.stop()
+        self.metrics.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    sidecar = await SidecarServer.start(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(sidecar.stop()))
+    await sidecar.wait()

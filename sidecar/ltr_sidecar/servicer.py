@@ -1,0 +1,236 @@
+"""The gRPC servicer: validate, translate protos to plain objects, call the logic, translate back.
+
+The logic lives in `scoring.Scorer` and `ordering.next_batch`. This module only
+checks requests (INVALID_ARGUMENT with the field's path), maps failures to
+status codes, and records metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from .api import ranker_pb2 as pb
+from .batcher import DeadlineExpired, Overloaded
+from .config import Limits
+from .metrics import Metrics
+from .ordering import Candidates, StarvationGuard, next_batch
+from .request_decoding import Undecodable
+from .scoring import Scorer, ScoreInput, deadline_from_timeout
+
+log = logging.getLogger(__name__)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class RpcError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def invalid(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _rpc(method: str) -> Callable[[Callable[..., Awaitable[Resp]]], Callable[..., Awaitable[Resp]]]:
+    """Map errors to status codes, count the call and time it. Never logs request contents."""
+
+    def decorate(handler: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
+        @wraps(handler)
+        async def wrapper(self: RankerServicer, request: Any, context: grpc.aio.ServicerContext) -> Resp:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                if isinstance(request, Undecodable):
+                    raise invalid(request.reason)
+                return await handler(self, request, context)
+            except RpcError as e:
+                code = e.code
+                await context.abort(e.code, str(e))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the server; see its logs")
+            finally:
+                elapsed = time.perf_counter() - started
+                self.metrics.requests.labels(method, code.name).inc()
+                self.metrics.latency.labels(method).observe(elapsed)
+                log.debug("rpc", extra={"method": method, "code": code.name, "ms": round(elapsed * 1e3, 3)})
+            raise AssertionError("unreachable: abort raises")
+
+        return wrapper
+
+    return decorate
+
+
+class RankerServicer:
+    def __init__(self, scorer: Scorer, limits: Limits, guard: StarvationGuard, metrics: Metrics):
+        self.scorer = scorer
+        self.limits = limits
+        self.guard = guard
+        self.metrics = metrics
+        bundle = scorer.ranker.bundle
+        self.model_version = bundle.model_version
+
+    # --- RPCs -----------------------------------------------------------------
+
+    @_rpc("Score")
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
+        inputs = self._score_inputs(request)
+        results = await self._score(inputs, context)
+        self.metrics.items.labels("Score").inc(len(inputs))
+        return pb.ScoreResponse(
+            scores=[pb.ItemScore(request_id=i.request_id, score=r.score, cached=r.cached) for i, r in zip(inputs, results)],
+            model_version=self.model_version,
+        )
+
+    @_rpc("NextBatch")
+    async def NextBatch(self, request: pb.NextBatchRequest, context: grpc.aio.ServicerContext) -> pb.NextBatchResponse:
+        budget = request.budget
+        if not request.HasField("budget"):
+            raise invalid("budget: required")
+        if budget.max_num_seqs <= 0:
+            raise invalid("budget.max_num_seqs: must be positive")
+        if budget.max_num_batched_tokens <= 0:
+            raise invalid("budget.max_num_batched_tokens: must be positive")
+        guard = self.guard
+        if request.HasField("guard"):
+            guard = StarvationGuard(request.guard.threshold_steps, request.guard.quantum_steps)
+        candidates, to_score = self._candidates(request, budget.max_num_batched_tokens)
+        if to_score:
+            results = await self._score([inp for _, inp in to_score], context)
+            for (i, _), r in zip(to_score, results):
+                candidates.scores[i] = r.score
+        decision = next_batch(candidates, budget.max_num_seqs, budget.max_num_batched_tokens, guard)
+        self.metrics.items.labels("NextBatch").inc(len(candidates))
+        return pb.NextBatchResponse(
+            order=decision.order.tolist(),
+            num_scheduled=decision.num_scheduled,
+            preempted=decision.preempted.tolist(),
+            idle_steps=decision.idle_steps.tolist(),
+            promoted_steps_left=decision.promoted_steps_left.tolist(),
+            scores=candidates.scores.tolist(),
+            unscored=np.flatnonzero(np.isnan(candidates.scores)).tolist(),
+            model_version=self.model_version,
+        )
+
+    @_rpc("ModelInfo")
+    async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfoResponse:
+        ranker = self.scorer.ranker
+        bundle = ranker.bundle
+        return pb.ModelInfoResponse(
+            name=bundle.name,
+            version=bundle.version,
+            model_sha256=bundle.model_sha256,
+            max_input_tokens=bundle.max_length,
+            execution_provider=ranker.provider,
+            evaluation=bundle.evaluation,
+            license=bundle.license,
+            default_guard=pb.StarvationGuard(threshold_steps=self.guard.threshold_steps, quantum_steps=self.guard.quantum_steps),
+        )
+
+    # --- helpers --------------------------------------------------------------
+
+    async def _score(self, inputs: list[ScoreInput], context: grpc.aio.ServicerContext) -> list:
+        try:
+            return await self.scorer.score(inputs, deadline_from_timeout(context.time_remaining()))
+        except Overloaded as e:
+            self.metrics.rejected.inc(len(inputs))
+            raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"ranker overloaded, retry later: {e}") from e
+        except DeadlineExpired as e:
+            raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e)) from e
+
+    def _check_count(self, n: int, field: str) -> None:
+        if n == 0:
+            raise invalid(f"{field}: must not be empty")
+        if n > self.limits.max_items:
+            raise invalid(f"{field}: {n} items exceed the limit of {self.limits.max_items} per call")
+
+    def _check_prompt(self, prompt: str, field: str) -> None:
+        if not prompt:
+            raise invalid(f"{field}: must not be empty")
+        # len(str) <= bytes, so only prompts that might be too long pay for encoding.
+        if len(prompt) * 4 > self.limits.max_prompt_bytes and len(prompt.encode("utf-8")) > self.limits.max_prompt_bytes:
+            raise invalid(f"{field}: longer than the limit of {self.limits.max_prompt_bytes} bytes")
+
+    def _check_request_id(self, request_id: str, seen: set[str], field: str) -> None:
+        if not request_id:
+            raise invalid(f"{field}: must not be empty")
+        if request_id in seen:
+            raise invalid(f"{field}: duplicate request_id {request_id!r} in one call")
+        seen.add(request_id)
+
+    def _score_inputs(self, request: pb.ScoreRequest) -> list[ScoreInput]:
+        self._check_count(len(request.items), "items")
+        vocab = self.scorer.ranker.vocab_size
+        seen: set[str] = set()
+        inputs = []
+        for i, item in enumerate(request.items):
+            self._check_request_id(item.request_id, seen, f"items[{i}].request_id")
+            kind = item.WhichOneof("input")
+            if kind == "prompt":
+                self._check_prompt(item.prompt, f"items[{i}].prompt")
+                inputs.append(ScoreInput(item.request_id, prompt=item.prompt))
+            elif kind == "token_ids":
+                ids = item.token_ids.ids
+                field = f"items[{i}].token_ids"
+                if not ids:
+                    raise invalid(f"{field}: must not be empty")
+                if len(ids) > self.limits.max_prompt_bytes:
+                    raise invalid(f"{field}: {len(ids)} ids exceed the limit of {self.limits.max_prompt_bytes}")
+                if min(ids) < 0 or max(ids) >= vocab:
+                    raise invalid(f"{field}: ids must lie in [0, {vocab})")
+                inputs.append(ScoreInput(item.request_id, token_ids=tuple(ids)))
+            else:
+                raise invalid(f"items[{i}]: set prompt or token_ids")
+        return inputs
+
+    def _candidates(self, request: pb.NextBatchRequest, max_tokens: int) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
+        """Columns for the policy, and the candidates that still need scoring (with their index)."""
+        cands = request.candidates
+        n = len(cands)
+        self._check_count(n, "candidates")
+        scores = np.full(n, np.nan)
+        running = np.zeros(n, dtype=bool)
+        num_tokens = np.ones(n, dtype=np.int64)
+        priority = np.zeros(n, dtype=np.int64)
+        idle = np.zeros(n, dtype=np.int64)
+        promoted = np.zeros(n, dtype=np.int64)
+        to_score: list[tuple[int, ScoreInput]] = []
+        seen: set[str] = set()
+        for i, c in enumerate(cands):
+            self._check_request_id(c.request_id, seen, f"candidates[{i}].request_id")
+            kind = c.WhichOneof("rank_input")
+            if kind == "score":
+                if not math.isfinite(c.score):
+                    raise invalid(f"candidates[{i}].score: must be finite")
+                scores[i] = c.score
+            elif kind == "prompt":
+                self._check_prompt(c.prompt, f"candidates[{i}].prompt")
+                to_score.append((i, ScoreInput(c.request_id, prompt=c.prompt)))
+            else:
+                cached = self.scorer.cached_score(c.request_id)
+                if cached is not None:
+                    scores[i] = cached
+            if c.num_tokens > max_tokens:
+                raise invalid(f"candidates[{i}].num_tokens: {c.num_tokens} exceeds budget.max_num_batched_tokens ({max_tokens})")
+            running[i] = c.running
+            if c.num_tokens:
+                num_tokens[i] = c.num_tokens
+            if c.HasField("priority"):
+                priority[i] = c.priority
+            idle[i] = c.idle_steps
+            promoted[i] = c.promoted_steps_left
+        return Candidates(scores, running, num_tokens, priority, idle, promoted), to_score
