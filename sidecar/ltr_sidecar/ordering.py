@@ -7,7 +7,9 @@ preempted. Sort key, most significant first:
 
 1. the explicit user priority, lower first (vLLM's convention); unset = 0;
 2. the starvation band: promoted candidates first (see below);
-3. the score, higher (shorter predicted output) first; unscored last;
+3. the score, higher (shorter predicted output) first; unscored last.
+   Promoted candidates skip this key: among themselves they run oldest
+   first, which gives the tightest bound on how long any request waits;
 4. arrival order.
 
 Starvation guard (vllm-ltr's): a candidate left out for `threshold_steps`
@@ -103,6 +105,7 @@ def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) ->
     band = np.where(promoted_left > 0, 0, 1)
     # Negated so that ascending sort puts high scores first; unscored sort last.
     score_key = np.where(np.isnan(c.scores), np.inf, -c.scores)
+    score_key[band == 0] = 0.0
     arrival = np.arange(len(c))
     # lexsort: the last key is the most significant.
     order = np.lexsort((arrival, score_key, band, c.priority))

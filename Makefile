@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine:
+#   make serve   install (into .venv) and serve the default ranker on 127.0.0.1:50051
+#   make test    install the test tools too, then run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUF := tools/buf/node_modules/.bin/buf
+
+.PHONY: serve test proto clean
+
+$(VENV)/.serve: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.serve
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
+	touch $@
+
+serve: $(VENV)/.serve
+	$(VENV)/bin/ltr-sidecar serve
+
+test: $(VENV)/.test $(BUF)
+	$(PY) -m pytest -q
+
+# Regenerate the Python stubs after editing proto/.
+proto: $(VENV)/.test
+	$(PY) tools/gen_proto.py
+
+clean:
+	rm -rf $(VENV) tools/buf/node_modules

@@ -1,0 +1,122 @@
+"""The ordering policy, without gRPC: strict priority, budget, preemption, starvation guard."""
+
+import numpy as np
+import pytest
+
+from ltr_sidecar.ordering import Candidates, StarvationGuard, next_batch
+
+NO_GUARD = StarvationGuard(0, 0)
+
+
+def test_higher_score_runs_first_and_ties_keep_arrival_order():
+    c = Candidates.build(scores=[0.1, 0.9, 0.5, 0.9])
+    d = next_batch(c, max_num_seqs=10, max_num_batched_tokens=100, guard=NO_GUARD)
+    assert d.order.tolist() == [1, 3, 2, 0]
+    assert d.num_scheduled == 4
+
+
+def test_explicit_user_priority_is_the_primary_key():
+    c = Candidates.build(scores=[9.0, -9.0, 0.0], priority=[1, 0, 0])
+    d = next_batch(c, 10, 100, NO_GUARD)
+    assert d.order.tolist() == [2, 1, 0]
+
+
+def test_unscored_candidates_sort_after_scored_ones_in_arrival_order():
+    c = Candidates.build(scores=[np.nan, -5.0, np.nan, 1.0])
+    assert next_batch(c, 10, 100, NO_GUARD).order.tolist() == [3, 1, 0, 2]
+
+
+def test_batch_is_the_prefix_that_fits_max_num_seqs():
+    c = Candidates.build(scores=[1, 2, 3, 4, 5])
+    d = next_batch(c, max_num_seqs=2, max_num_batched_tokens=100, guard=NO_GUARD)
+    assert d.scheduled.tolist() == [4, 3]
+
+
+def test_batch_is_a_strict_prefix_under_the_token_budget():
+    # The 2nd-ranked candidate needs 60 tokens and does not fit beside the 1st;
+    # the 3rd would fit but must not overtake it.
+    c = Candidates.build(scores=[3, 2, 1], num_tokens=[50, 60, 1])
+    d = next_batch(c, max_num_seqs=10, max_num_batched_tokens=100, guard=NO_GUARD)
+    assert d.scheduled.tolist() == [0]
+
+
+def test_running_candidates_outside_the_batch_are_preempted():
+    c = Candidates.build(scores=[1.0, 5.0, 0.0], running=[True, False, True])
+    d = next_batch(c, max_num_seqs=2, max_num_batched_tokens=100, guard=NO_GUARD)
+    assert d.scheduled.tolist() == [1, 0]
+    assert d.preempted.tolist() == [2]
+
+
+def test_idle_counters_grow_for_left_out_candidates_and_reset_for_scheduled_ones():
+    c = Candidates.build(scores=[1.0, 0.0], idle_steps=[3, 7])
+    d = next_batch(c, 1, 100, NO_GUARD)
+    assert d.idle_steps.tolist() == [0, 8]
+
+
+def test_starved_candidate_is_promoted_for_quantum_executed_steps():
+    guard = StarvationGuard(threshold_steps=3, quantum_steps=2)
+    # Candidate 0 is the long one (lowest score); candidate 1 always outranks it.
+    state = Candidates.build(scores=[-10.0, 1.0])
+    ran_long = []
+    for _ in range(8):
+        d = next_batch(state, max_num_seqs=1, max_num_batched_tokens=100, guard=guard)
+        ran_long.append(0 in d.scheduled.tolist())
+        state = Candidates.build(
+            scores=state.scores, idle_steps=d.idle_steps, promoted_steps_left=d.promoted_steps_left
+        )
+    # Idle for 3 steps, then it runs for exactly its quantum of 2 steps, then waits again.
+    assert ran_long[:7] == [False, False, False, True, True, False, False]
+
+
+def test_promoted_candidates_run_oldest_first_regardless_of_score():
+    c = Candidates.build(scores=[-5.0, 3.0, 9.0], promoted_steps_left=[1, 1, 0])
+    assert next_batch(c, 10, 100).order.tolist() == [0, 1, 2]
+
+
+def test_guard_with_threshold_zero_never_promotes():
+    c = Candidates.build(scores=[-10.0, 1.0], idle_steps=[10_000, 0])
+    assert next_batch(c, 1, 100, NO_GUARD).scheduled.tolist() == [1]
+
+
+def test_policy_is_stateless_same_input_same_decision():
+    c = Candidates.build(scores=[0.3, 0.2, 0.9], running=[True, False, False], idle_steps=[0, 300, 0])
+    a, b = next_batch(c, 2, 100), next_batch(c, 2, 100)
+    for field in ("order", "preempted", "idle_steps", "promoted_steps_left"):
+        assert getattr(a, field).tolist() == getattr(b, field).tolist()
+
+
+def test_long_request_finishes_within_the_bound_the_guard_implies():
+    """Simulate an engine: one long job among a never-ending stream of short ones, batch of 1."""
+    guard = StarvationGuard(threshold_steps=20, quantum_steps=5)
+    long_left = 10  # steps of work
+    queue = {"long": (-100.0, 0, 0)}  # id -> (score, idle, promoted_left)
+    next_short = 0
+    for step in range(200):
+        for _ in range(2):  # two short arrivals per step: the queue never drains
+            queue[f"s{next_short}"] = (float(next_short % 7), 0, 0)
+            next_short += 1
+        ids = list(queue)
+        c = Candidates.build(
+            scores=[queue[i][0] for i in ids],
+            idle_steps=[queue[i][1] for i in ids],
+            promoted_steps_left=[queue[i][2] for i in ids],
+        )
+        d = next_batch(c, max_num_seqs=1, max_num_batched_tokens=100, guard=guard)
+        for k, rid in enumerate(ids):
+            queue[rid] = (queue[rid][0], int(d.idle_steps[k]), int(d.promoted_steps_left[k]))
+        ran = ids[int(d.scheduled[0])]
+        if ran == "long":
+            long_left -= 1
+            if long_left == 0:
+                break
+        else:
+            del queue[ran]  # a short job finishes in one step
+    # Each cycle: threshold idle steps, then quantum executed steps.
+    cycles = -(-10 // guard.quantum_steps)
+    assert long_left == 0
+    assert step < cycles * (guard.threshold_steps + guard.quantum_steps) + 1
+
+
+def test_non_positive_budget_is_rejected():
+    with pytest.raises(ValueError):
+        next_batch(Candidates.build(scores=[1.0]), 0, 10)

@@ -1,0 +1,327 @@
+"""The real gRPC server on loopback: RPCs, health, reflection, metrics, bad input and overload."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ltr_sidecar.api import ranker_pb2 as pb
+from ltr_sidecar.api import ranker_pb2_grpc as pbg
+from ltr_sidecar.config import Limits
+
+
+def score(stub, *prompts: str, ids: list[str] | None = None, **kw) -> pb.ScoreResponse:
+    ids = ids or [f"r{i}" for i in range(len(prompts))]
+    return stub.Score(pb.ScoreRequest(items=[pb.ScoreItem(request_id=i, prompt=p) for i, p in zip(ids, prompts)]), timeout=10, **kw)
+
+
+def rpc_error(call, *args, **kw) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, timeout=10, **kw)
+    return info.value
+
+
+# --- Score ---------------------------------------------------------------------
+
+
+def test_score_returns_one_score_per_item_higher_for_shorter_predicted_output(sidecar):
+    resp = score(sidecar.stub(), "give a brief answer", "write an essay please", "hello")
+    assert [s.request_id for s in resp.scores] == ["r0", "r1", "r2"]
+    brief, essay, _ = (s.score for s in resp.scores)
+    assert brief > essay
+    assert resp.model_version.startswith("tiny-test-ranker@")
+
+
+def test_scores_are_comparable_across_calls_and_replicas(start_sidecar):
+    a, b = start_sidecar(), start_sidecar()
+    prompts = ["brief reply", "essay about rome", "list ten ideas"]
+    together = [s.score for s in score(a.stub(), *prompts).scores]
+    alone = [score(b.stub(), p, ids=[f"x{i}"]).scores[0].score for i, p in enumerate(prompts)]
+    assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_token_ids_are_scored_like_the_text_they_encode(sidecar):
+    ranker = sidecar.server.scorer.ranker
+    text = "tell me a story about a dragon"
+    ids = ranker.tokenize([text])[0]
+    resp = sidecar.stub().Score(
+        pb.ScoreRequest(items=[pb.ScoreItem(request_id="a", prompt=text), pb.ScoreItem(request_id="b", token_ids=pb.TokenIds(ids=ids))])
+    )
+    assert resp.scores[0].score == pytest.approx(resp.scores[1].score, abs=1e-6)
+
+
+def test_a_repeated_prompt_is_served_from_the_cache(sidecar):
+    stub = sidecar.stub()
+    first = score(stub, "summarize this article", ids=["a"]).scores[0]
+    again = score(stub, "summarize this article", ids=["b"]).scores[0]
+    assert not first.cached and again.cached
+    assert again.score == first.score
+
+
+def test_an_over_long_prompt_is_truncated_not_rejected(sidecar):
+    resp = score(sidecar.stub(), "brief " * 50 + "essay " * 5000)
+    assert math.isfinite(resp.scores[0].score)
+
+
+# --- NextBatch -----------------------------------------------------------------
+
+
+def budget(seqs: int = 8, tokens: int = 1024) -> pb.Budget:
+    return pb.Budget(max_num_seqs=seqs, max_num_batched_tokens=tokens)
+
+
+def test_next_batch_orders_by_prompt_score_and_fills_the_budget(sidecar):
+    req = pb.NextBatchRequest(
+        candidates=[
+            pb.Candidate(request_id="essay", prompt="write an essay", running=True),
+            pb.Candidate(request_id="plain", prompt="what is two plus two"),
+            pb.Candidate(request_id="brief", prompt="brief answer please"),
+        ],
+        budget=budget(seqs=2),
+    )
+    resp = sidecar.stub().NextBatch(req, timeout=10)
+    assert list(resp.order) == [2, 1, 0]
+    assert resp.num_scheduled == 2
+    assert list(resp.preempted) == [0]
+    assert list(resp.idle_steps) == [1, 0, 0]
+
+
+def test_next_batch_uses_given_scores_and_cached_scores_by_request_id(sidecar):
+    stub = sidecar.stub()
+    score(stub, "brief answer", ids=["known"])
+    req = pb.NextBatchRequest(
+        candidates=[
+            pb.Candidate(request_id="given", score=-100.0),
+            pb.Candidate(request_id="never-seen"),
+            pb.Candidate(request_id="known"),
+        ],
+        budget=budget(),
+    )
+    resp = stub.NextBatch(req, timeout=10)
+    assert list(resp.order) == [2, 0, 1]
+    assert list(resp.unscored) == [1]
+    assert math.isnan(resp.scores[1])
+
+
+def test_next_batch_is_stateless_counters_round_trip_through_the_caller(start_sidecar):
+    # Two replicas: each step goes to the other one, as behind a load balancer.
+    replicas = [start_sidecar(), start_sidecar()]
+    guard = pb.StarvationGuard(threshold_steps=2, quantum_steps=1)
+    idle = [0, 0]
+    promoted = [0, 0]
+    ran_long = []
+    for step in range(4):
+        req = pb.NextBatchRequest(
+            candidates=[
+                pb.Candidate(request_id="long", score=-5.0, idle_steps=idle[0], promoted_steps_left=promoted[0]),
+                pb.Candidate(request_id="short", score=5.0, idle_steps=idle[1], promoted_steps_left=promoted[1]),
+            ],
+            budget=budget(seqs=1),
+            guard=guard,
+        )
+        resp = replicas[step % 2].stub().NextBatch(req, timeout=10)
+        idle, promoted = list(resp.idle_steps), list(resp.promoted_steps_left)
+        ran_long.append(resp.order[0] == 0)
+    assert ran_long == [False, False, True, False]
+
+
+def test_explicit_priority_outranks_the_score(sidecar):
+    req = pb.NextBatchRequest(
+        candidates=[pb.Candidate(request_id="a", score=9.0, priority=5), pb.Candidate(request_id="b", score=-9.0, priority=-1)],
+        budget=budget(),
+    )
+    assert list(sidecar.stub().NextBatch(req, timeout=10).order) == [1, 0]
+
+
+# --- ModelInfo, health, reflection, metrics --------------------------------------
+
+
+def test_model_info_describes_the_serving_bundle(sidecar):
+    info = sidecar.stub().ModelInfo(pb.ModelInfoRequest(), timeout=10)
+    bundle = sidecar.server.scorer.ranker.bundle
+    assert (info.name, info.model_sha256, info.max_input_tokens) == (bundle.name, bundle.model_sha256, 64)
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert info.default_guard.threshold_steps == 256
+
+
+def test_standard_health_reports_serving_for_the_server_and_the_service(sidecar):
+    health = health_pb2_grpc.HealthStub(sidecar.channel())
+    for service in ("", "ltr.v1.RankerService"):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services_and_serves_the_proto(sidecar):
+    stub = reflection_pb2_grpc.ServerReflectionStub(sidecar.channel())
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="ltr.v1.RankerService"),
+    ]
+    listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"ltr.v1.RankerService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto
+
+
+def test_metrics_endpoint_exports_requests_latency_batches_queue_cache_and_provider(sidecar):
+    score(sidecar.stub(), "brief", "essay")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sidecar.server.metrics_port}/metrics", timeout=5).read().decode()
+    for name in (
+        'ltr_requests_total{code="OK",method="Score"}',
+        "ltr_request_latency_seconds_bucket",
+        "ltr_batch_size_bucket",
+        "ltr_queue_depth",
+        "ltr_cache_hit_ratio",
+        'provider="CPUExecutionProvider"',
+    ):
+        assert name in text
+
+
+# --- bad input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "items, field",
+    [
+        ([], "items: must not be empty"),
+        ([pb.ScoreItem(request_id="a", prompt="")], "items[0].prompt: must not be empty"),
+        ([pb.ScoreItem(request_id="a")], "items[0]: set prompt or token_ids"),
+        ([pb.ScoreItem(request_id="", prompt="x")], "items[0].request_id: must not be empty"),
+        ([pb.ScoreItem(request_id="a", prompt="x"), pb.ScoreItem(request_id="a", prompt="y")], "items[1].request_id: duplicate"),
+        ([pb.ScoreItem(request_id="a", token_ids=pb.TokenIds())], "items[0].token_ids: must not be empty"),
+        ([pb.ScoreItem(request_id="a", token_ids=pb.TokenIds(ids=[1, 10**9]))], "items[0].token_ids: ids must lie in"),
+        ([pb.ScoreItem(request_id="a", token_ids=pb.TokenIds(ids=[-1]))], "items[0].token_ids: ids must lie in"),
+    ],
+)
+def test_invalid_score_requests_get_invalid_argument_naming_the_field(sidecar, items, field):
+    err = rpc_error(sidecar.stub().Score, pb.ScoreRequest(items=items))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.details()
+
+
+def test_a_prompt_over_the_byte_limit_is_refused(start_sidecar):
+    small = start_sidecar(limits=Limits(max_prompt_bytes=100))
+    err = rpc_error(small.stub().Score, pb.ScoreRequest(items=[pb.ScoreItem(request_id="a", prompt="é" * 60)]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items[0].prompt: longer than the limit of 100 bytes" in err.details()
+
+
+def test_too_many_items_are_refused(start_sidecar):
+    small = start_sidecar(limits=Limits(max_items=3))
+    err = rpc_error(small.stub().Score, pb.ScoreRequest(items=[pb.ScoreItem(request_id=str(i), prompt="x") for i in range(4)]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items: 4 items exceed the limit of 3" in err.details()
+
+
+def test_invalid_utf8_gets_invalid_argument_naming_the_field(sidecar):
+    good = pb.ScoreRequest(items=[pb.ScoreItem(request_id="a", prompt="ok"), pb.ScoreItem(request_id="b", prompt="XXXX")])
+    raw = good.SerializeToString().replace(b"XXXX", b"\xff\xfe\xfd\xfc")
+    call = sidecar.channel().unary_unary("/ltr.v1.RankerService/Score", request_serializer=None, response_deserializer=None)
+    err = rpc_error(call, raw)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "items[1].prompt: not valid UTF-8"
+
+
+@pytest.mark.parametrize(
+    "req, field",
+    [
+        (pb.NextBatchRequest(budget=budget()), "candidates: must not be empty"),
+        (pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=1)]), "budget: required"),
+        (pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=1)], budget=budget(seqs=0)), "budget.max_num_seqs: must be positive"),
+        (pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=1)], budget=budget(tokens=0)), "budget.max_num_batched_tokens: must be positive"),
+        (pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=float("nan"))], budget=budget()), "candidates[0].score: must be finite"),
+        (pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", prompt="")], budget=budget()), "candidates[0].prompt: must not be empty"),
+        (
+            pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=1), pb.Candidate(request_id="a", score=2)], budget=budget()),
+            "candidates[1].request_id: duplicate",
+        ),
+        (
+            pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=1, num_tokens=2000)], budget=budget(tokens=1024)),
+            "candidates[0].num_tokens: 2000 exceeds budget.max_num_batched_tokens",
+        ),
+    ],
+)
+def test_invalid_next_batch_requests_get_invalid_argument_naming_the_field(sidecar, req, field):
+    err = rpc_error(sidecar.stub().NextBatch, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.details()
+
+
+# --- load and abandoned calls ------------------------------------------------------
+
+
+def test_a_burst_beyond_the_queue_gets_resource_exhausted_and_every_accepted_call_is_answered(start_sidecar, tmp_path):
+    from ltr_sidecar.tiny_bundle import build_tiny_bundle
+
+    # A heavier model and a small queue, so that a burst really queues.
+    heavy = build_tiny_bundle(tmp_path / "heavy", dim=256, num_layers=4, max_length=256)
+    sidecar = start_sidecar(model=heavy, max_batch_size=4, max_queue=8)
+    stub = sidecar.stub()
+    prompt = "tell me a story about a dragon and a knight " * 20
+
+    def one(i: int) -> str:
+        try:
+            score(stub, prompt + str(i), ids=[f"b{i}"])
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        codes = list(pool.map(one, range(200)))
+    assert codes.count("RESOURCE_EXHAUSTED") > 0
+    assert codes.count("OK") > 0
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, "accepted calls must all be answered"
+    health = health_pb2_grpc.HealthStub(sidecar.channel()).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert math.isfinite(score(stub, "brief after the burst", ids=["after"]).scores[0].score)
+
+
+def test_cancelled_and_expired_calls_do_not_wedge_the_batcher(start_sidecar, tmp_path):
+    from ltr_sidecar.tiny_bundle import build_tiny_bundle
+
+    heavy = build_tiny_bundle(tmp_path / "heavy", dim=256, num_layers=4, max_length=256)
+    sidecar = start_sidecar(model=heavy, max_batch_size=2)
+    stub = sidecar.stub()
+    long_prompt = "write an essay on the history of rome " * 30
+    futures = [
+        stub.Score.future(pb.ScoreRequest(items=[pb.ScoreItem(request_id=f"c{i}", prompt=long_prompt + str(i))]), timeout=30)
+        for i in range(40)
+    ]
+    for f in futures:
+        f.cancel()
+    expired = []
+    for i in range(20):
+        try:
+            stub.Score(pb.ScoreRequest(items=[pb.ScoreItem(request_id=f"d{i}", prompt=long_prompt + "x" * i)]), timeout=0.001)
+        except grpc.RpcError as e:
+            expired.append(e.code())
+    assert expired and set(expired) == {grpc.StatusCode.DEADLINE_EXCEEDED}
+    # The server still answers promptly afterwards.
+    assert math.isfinite(score(stub, "brief", ids=["alive"]).scores[0].score)
+
+
+# --- TLS ---------------------------------------------------------------------------
+
+
+def test_tls_and_mtls_serve_trusted_clients_and_refuse_others(start_sidecar, tmp_path):
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path)
+    tls = start_sidecar(tls_cert=pki.server_cert, tls_key=pki.server_key)
+    creds = grpc.ssl_channel_credentials(root_certificates=pki.ca_cert.read_bytes())
+    with grpc.secure_channel(tls.target, creds) as ch:
+        assert score(pbg.RankerServiceStub(ch), "brief").scores
+
+    mtls = start_sidecar(tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca_cert)
+    client = grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), pki.client_key.read_bytes(), pki.client_cert.read_bytes())
+    with grpc.secure_channel(mtls.target, client) as ch:
+        assert score(pbg.RankerServiceStub(ch), "brief").scores
+    with grpc.secure_channel(mtls.target, creds) as ch:  # no client certificate
+        err = rpc_error(pbg.RankerServiceStub(ch).Score, pb.ScoreRequest(items=[pb.ScoreItem(request_id="a", prompt="x")]))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
