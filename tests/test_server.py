@@ -131,6 +131,41 @@ def test_next_batch_is_stateless_counters_round_trip_through_the_caller(start_si
     assert ran_long == [False, False, True, False]
 
 
+def test_columns_give_the_same_decision_as_one_message_per_candidate(sidecar):
+    stub = sidecar.stub()
+    rows = [("a", 0.5, True, 1, 0, 0), ("b", 2.0, False, 30, 1, 0), ("c", -1.0, False, 20, 0, 300), ("d", 1.0, True, 1, 0, 0)]
+    messages = pb.NextBatchRequest(
+        candidates=[
+            pb.Candidate(request_id=r, score=sc, running=run, num_tokens=nt, priority=pr, idle_steps=idle)
+            for r, sc, run, nt, pr, idle in rows
+        ],
+        budget=budget(seqs=3, tokens=40),
+    )
+    columns = pb.NextBatchRequest(
+        columns=pb.CandidateColumns(
+            request_ids=[r[0] for r in rows],
+            scores=[r[1] for r in rows],
+            running=[r[2] for r in rows],
+            num_tokens=[r[3] for r in rows],
+            priorities=[r[4] for r in rows],
+            idle_steps=[r[5] for r in rows],
+        ),
+        budget=budget(seqs=3, tokens=40),
+    )
+    a, b = stub.NextBatch(messages, timeout=10), stub.NextBatch(columns, timeout=10)
+    assert a == b
+    assert list(a.order) == [2, 3, 0, 1]  # c promoted (idle 300), then by score; b has priority 1
+
+
+def test_columns_score_prompts_where_the_score_is_nan(sidecar):
+    req = pb.NextBatchRequest(
+        columns=pb.CandidateColumns(request_ids=["x", "y"], scores=[float("nan"), 0.0], prompts=["brief brief", ""]),
+        budget=budget(),
+    )
+    resp = sidecar.stub().NextBatch(req, timeout=10)
+    assert list(resp.order) == [0, 1] and resp.scores[0] > 1.0
+
+
 def test_explicit_priority_outranks_the_score(sidecar):
     req = pb.NextBatchRequest(
         candidates=[pb.Candidate(request_id="a", score=9.0, priority=5), pb.Candidate(request_id="b", score=-9.0, priority=-1)],
@@ -226,6 +261,34 @@ def test_invalid_utf8_gets_invalid_argument_naming_the_field(sidecar):
     err = rpc_error(call, raw)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details() == "items[1].prompt: not valid UTF-8"
+
+
+def columns(**kw) -> pb.NextBatchRequest:
+    return pb.NextBatchRequest(columns=pb.CandidateColumns(**kw), budget=budget(tokens=100))
+
+
+@pytest.mark.parametrize(
+    "req, field",
+    [
+        (columns(request_ids=[]), "columns.request_ids: must not be empty"),
+        (columns(request_ids=["a", ""]), "columns.request_ids[1]: must not be empty"),
+        (columns(request_ids=["a", "b", "a"]), "columns.request_ids[2]: duplicate"),
+        (columns(request_ids=["a", "b"], scores=[1.0]), "columns.scores: 1 entries, expected 0 or 2"),
+        (columns(request_ids=["a", "b"], running=[True]), "columns.running: 1 entries, expected 0 or 2"),
+        (columns(request_ids=["a"], scores=[float("inf")]), "columns.scores[0]: must be finite or NaN"),
+        (columns(request_ids=["a", "b"], num_tokens=[1, 101]), "columns.num_tokens[1]: 101 exceeds budget.max_num_batched_tokens"),
+        (
+            pb.NextBatchRequest(
+                candidates=[pb.Candidate(request_id="a", score=1)], columns=pb.CandidateColumns(request_ids=["b"]), budget=budget()
+            ),
+            "set candidates or columns, not both",
+        ),
+    ],
+)
+def test_invalid_columns_get_invalid_argument_naming_the_field(sidecar, req, field):
+    err = rpc_error(sidecar.stub().NextBatch, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in err.details()
 
 
 @pytest.mark.parametrize(

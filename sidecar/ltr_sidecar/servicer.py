@@ -199,7 +199,20 @@ class RankerServicer:
 
     def _candidates(self, request: pb.NextBatchRequest, max_tokens: int) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
         """Columns for the policy, and the candidates that still need scoring (with their index)."""
-        cands = request.candidates
+        if request.HasField("columns"):
+            if request.candidates:
+                raise invalid("candidates: set candidates or columns, not both")
+            candidates, to_score = self._from_columns(request.columns)
+        else:
+            candidates, to_score = self._from_messages(request.candidates)
+        over = np.flatnonzero(candidates.num_tokens > max_tokens)
+        if len(over):
+            i = int(over[0])
+            field = f"columns.num_tokens[{i}]" if request.HasField("columns") else f"candidates[{i}].num_tokens"
+            raise invalid(f"{field}: {candidates.num_tokens[i]} exceeds budget.max_num_batched_tokens ({max_tokens})")
+        return candidates, to_score
+
+    def _from_messages(self, cands) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
         n = len(cands)
         self._check_count(n, "candidates")
         scores = np.full(n, np.nan)
@@ -224,13 +237,52 @@ class RankerServicer:
                 cached = self.scorer.cached_score(c.request_id)
                 if cached is not None:
                     scores[i] = cached
-            if c.num_tokens > max_tokens:
-                raise invalid(f"candidates[{i}].num_tokens: {c.num_tokens} exceeds budget.max_num_batched_tokens ({max_tokens})")
             running[i] = c.running
-            if c.num_tokens:
-                num_tokens[i] = c.num_tokens
+            num_tokens[i] = max(1, c.num_tokens)
             if c.HasField("priority"):
                 priority[i] = c.priority
             idle[i] = c.idle_steps
             promoted[i] = c.promoted_steps_left
         return Candidates(scores, running, num_tokens, priority, idle, promoted), to_score
+
+    def _from_columns(self, cols: pb.CandidateColumns) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
+        ids = list(cols.request_ids)
+        n = len(ids)
+        self._check_count(n, "columns.request_ids")
+        if len(set(ids)) != n or not all(ids):
+            seen: set[str] = set()
+            for i, request_id in enumerate(ids):
+                self._check_request_id(request_id, seen, f"columns.request_ids[{i}]")
+
+        def column(name: str, dtype: type, default: float) -> np.ndarray:
+            values = getattr(cols, name)
+            if not values:
+                return np.full(n, default, dtype=dtype)
+            if len(values) != n:
+                raise invalid(f"columns.{name}: {len(values)} entries, expected 0 or {n} (one per request id)")
+            return np.asarray(values, dtype=dtype)
+
+        scores = column("scores", np.float64, np.nan)
+        if np.isinf(scores).any():
+            raise invalid(f"columns.scores[{int(np.flatnonzero(np.isinf(scores))[0])}]: must be finite or NaN")
+        prompts = list(cols.prompts)
+        if prompts and len(prompts) != n:
+            raise invalid(f"columns.prompts: {len(prompts)} entries, expected 0 or {n} (one per request id)")
+        to_score: list[tuple[int, ScoreInput]] = []
+        for i in np.flatnonzero(np.isnan(scores)).tolist():
+            if prompts and prompts[i]:
+                self._check_prompt(prompts[i], f"columns.prompts[{i}]")
+                to_score.append((i, ScoreInput(ids[i], prompt=prompts[i])))
+            else:
+                cached = self.scorer.cached_score(ids[i])
+                if cached is not None:
+                    scores[i] = cached
+        candidates = Candidates(
+            scores=scores,
+            running=column("running", bool, False),
+            num_tokens=np.maximum(column("num_tokens", np.int64, 1), 1),
+            priority=column("priorities", np.int64, 0),
+            idle_steps=column("idle_steps", np.int64, 0),
+            promoted_steps_left=column("promoted_steps_left", np.int64, 0),
+        )
+        return candidates, to_score

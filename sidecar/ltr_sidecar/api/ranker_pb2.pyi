@@ -83,15 +83,37 @@ class StarvationGuard(_message.Message):
     quantum_steps: int
     def __init__(self, threshold_steps: _Optional[int] = ..., quantum_steps: _Optional[int] = ...) -> None: ...
 
+class CandidateColumns(_message.Message):
+    __slots__ = ("request_ids", "scores", "prompts", "running", "num_tokens", "priorities", "idle_steps", "promoted_steps_left")
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    prompts: _containers.RepeatedScalarFieldContainer[str]
+    running: _containers.RepeatedScalarFieldContainer[bool]
+    num_tokens: _containers.RepeatedScalarFieldContainer[int]
+    priorities: _containers.RepeatedScalarFieldContainer[int]
+    idle_steps: _containers.RepeatedScalarFieldContainer[int]
+    promoted_steps_left: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., prompts: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[bool]] = ..., num_tokens: _Optional[_Iterable[int]] = ..., priorities: _Optional[_Iterable[int]] = ..., idle_steps: _Optional[_Iterable[int]] = ..., promoted_steps_left: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class NextBatchRequest(_message.Message):
-    __slots__ = ("candidates", "budget", "guard")
+    __slots__ = ("candidates", "columns", "budget", "guard")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     GUARD_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    columns: CandidateColumns
     budget: Budget
     guard: StarvationGuard
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., guard: _Optional[_Union[StarvationGuard, _Mapping]] = ...) -> None: ...
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., columns: _Optional[_Union[CandidateColumns, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., guard: _Optional[_Union[StarvationGuard, _Mapping]] = ...) -> None: ...
 
 class NextBatchResponse(_message.Message):
     __slots__ = ("order", "num_scheduled", "preempted", "idle_steps", "promoted_steps_left", "scores", "unscored", "model_version")
