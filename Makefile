@@ -7,10 +7,10 @@ BUF := tools/buf/node_modules/.bin/buf
 
 .PHONY: serve test proto clean
 
-$(VENV)/.serve: pyproject.toml
+$(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e clients/python -e .
 	touch $@
 
 $(VENV)/.test: $(VENV)/.serve

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ltr_sidecar.api import ranker_pb2_grpc as pbg
+from ltr_client.api import ranker_pb2_grpc as pbg
 from ltr_sidecar.config import ServerConfig
 from ltr_sidecar.server import SidecarServer
 from ltr_sidecar.tiny_bundle import build_tiny_bundle
@@ -46,6 +46,8 @@ class RunningSidecar:
         return pbg.RankerServiceStub(self.channel())
 
     def stop(self, grace: float = 0.5) -> None:
+        if not self.thread.is_alive():
+            return
         self.call(self.server.stop(grace))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ltr_sidecar.api import ranker_pb2 as pb
-from ltr_sidecar.api import ranker_pb2_grpc as pbg
+from ltr_client.api import ranker_pb2 as pb
+from ltr_client.api import ranker_pb2_grpc as pbg
 from ltr_sidecar.cli import build_parser
 
 SECRET = "zanzibar-quokka-7731"  # appears in prompts only; must never reach the logs

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ltr_sidecar.ordering import Candidates, StarvationGuard, next_batch
+from ltr_client.ordering import Candidates, StarvationGuard, next_batch
 
 NO_GUARD = StarvationGuard(0, 0)
 

@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ltr_sidecar.api import ranker_pb2 as pb
-from ltr_sidecar.api import ranker_pb2_grpc as pbg
+from ltr_client.api import ranker_pb2 as pb
+from ltr_client.api import ranker_pb2_grpc as pbg
 from ltr_sidecar.config import Limits
 
 

@@ -75,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .bundle import BundleError
     from .config import Limits, ServerConfig
     from .logs import configure_logging
-    from .ordering import StarvationGuard
+    from ltr_client.ordering import StarvationGuard
     from .server import serve
 
     configure_logging(args.log_level, args.log_format)

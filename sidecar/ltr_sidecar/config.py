@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bundle import DEFAULT_BUNDLE
-from .ordering import StarvationGuard
+from ltr_client.ordering import StarvationGuard
 
 
 @dataclass(frozen=True)

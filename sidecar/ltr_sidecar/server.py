@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .api import ranker_pb2 as pb
+from ltr_client.api import ranker_pb2 as pb
 from .config import ServerConfig
 from .metrics import Metrics
 from .ranker import OnnxRanker

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from .api import ranker_pb2 as pb
+from ltr_client.api import ranker_pb2 as pb
 from .batcher import DeadlineExpired, Overloaded
 from .config import Limits
 from .metrics import Metrics
-from .ordering import Candidates, StarvationGuard, next_batch
+from ltr_client.ordering import Candidates, StarvationGuard, next_batch
 from .request_decoding import Undecodable
 from .scoring import Scorer, ScoreInput, deadline_from_timeout
 

@@ -15,7 +15,7 @@ preempted. Sort key, most significant first:
 Starvation guard (vllm-ltr's): a candidate left out for `threshold_steps`
 consecutive steps is promoted to the top band for its next `quantum_steps`
 executed steps. The counters travel with the candidates, so the policy keeps
-no state between calls. Both engines (the vLLM hook) and the sidecar's
+no state between calls. Both the engine hooks and the sidecar's
 NextBatch RPC call `next_batch`, so they cannot drift apart.
 """
 

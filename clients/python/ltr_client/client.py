@@ -1,0 +1,341 @@
+"""RankerClient and AsyncRankerClient: call the sidecar, never fail the engine.
+
+Each client holds one channel for its lifetime, puts a deadline on every call,
+lets gRPC retry UNAVAILABLE with backoff (a service-config retry policy), and
+keeps a circuit breaker. Every failure (sidecar down, slow, overloaded, or a
+bad request) returns a well-defined fallback instead of raising: no scores
+for Score, first-come-first-served for NextBatch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from . import ordering
+from .api import ranker_pb2 as pb
+from .api import ranker_pb2_grpc as pbg
+from .breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+# Failures that say "the sidecar cannot help right now": they count toward
+# opening the breaker. Others (INVALID_ARGUMENT) are the caller's bug and only fall back.
+_UNHEALTHY = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One request to score: an id and its prompt (or token ids from the bundle's tokenizer)."""
+
+    request_id: str
+    prompt: str | None = None
+    token_ids: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores by request id (higher = shorter predicted output). Empty, with fallback=True, on failure."""
+
+    scores: dict[str, float]
+    model_version: str | None
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One request the engine could run this step; see ltr.v1.Candidate."""
+
+    request_id: str
+    score: float | None = None
+    prompt: str | None = None
+    running: bool = False
+    num_tokens: int = 1
+    priority: int = 0
+    idle_steps: int = 0
+    promoted_steps_left: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A NextBatch decision; indices refer to the candidates as given."""
+
+    order: list[int]
+    num_scheduled: int
+    preempted: list[int]
+    idle_steps: list[int]
+    promoted_steps_left: list[int]
+    model_version: str | None
+    fallback: bool
+
+    @property
+    def scheduled(self) -> list[int]:
+        return self.order[: self.num_scheduled]
+
+
+def service_config(max_attempts: int = 3, initial_backoff_s: float = 0.01, max_backoff_s: float = 0.2, lb_policy: str | None = None) -> str:
+    """gRPC service config: retry UNAVAILABLE with exponential backoff; optional load-balancing policy."""
+    config: dict = {
+        "methodConfig": [
+            {
+                "name": [{"service": "ltr.v1.RankerService"}],
+                "retryPolicy": {
+                    "maxAttempts": max_attempts,
+                    "initialBackoff": f"{initial_backoff_s}s",
+                    "maxBackoff": f"{max_backoff_s}s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    if lb_policy:
+        config["loadBalancingConfig"] = [{lb_policy: {}}]
+    return json.dumps(config)
+
+
+def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batched_tokens: int) -> Batch:
+    """The fallback decision: explicit priority, then arrival order, within the budget. No scores, no guard."""
+    cols = ordering.Candidates.build(
+        scores=np.full(len(candidates), np.nan),
+        running=[c.running for c in candidates],
+        num_tokens=[c.num_tokens for c in candidates],
+        priority=[c.priority for c in candidates],
+        idle_steps=[c.idle_steps for c in candidates],
+        promoted_steps_left=[c.promoted_steps_left for c in candidates],
+    )
+    d = ordering.next_batch(cols, max(1, max_num_seqs), max(1, max_num_batched_tokens), ordering.StarvationGuard(0, 0))
+    return Batch(
+        order=d.order.tolist(),
+        num_scheduled=d.num_scheduled,
+        preempted=d.preempted.tolist(),
+        idle_steps=d.idle_steps.tolist(),
+        promoted_steps_left=d.promoted_steps_left.tolist(),
+        model_version=None,
+        fallback=True,
+    )
+
+
+class _Core:
+    """What both clients share: the breaker, request building and response reading."""
+
+    def __init__(self, target: str, timeout_s: float, breaker: CircuitBreaker | None):
+        self.target = target
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker()
+
+    def _options(self, max_attempts: int, lb_policy: str | None, max_message_bytes: int) -> list[tuple[str, object]]:
+        return [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", service_config(max_attempts, lb_policy=lb_policy)),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+
+    @staticmethod
+    def _score_request(items: Sequence[ScoreItem]) -> pb.ScoreRequest:
+        out = []
+        for it in items:
+            if it.prompt is not None:
+                out.append(pb.ScoreItem(request_id=it.request_id, prompt=it.prompt))
+            else:
+                out.append(pb.ScoreItem(request_id=it.request_id, token_ids=pb.TokenIds(ids=list(it.token_ids or ()))))
+        return pb.ScoreRequest(items=out)
+
+    @staticmethod
+    def _next_batch_request(
+        candidates: Sequence[Candidate], max_num_seqs: int, max_num_batched_tokens: int, guard: ordering.StarvationGuard | None
+    ) -> pb.NextBatchRequest:
+        # Columns: an order of magnitude cheaper to encode and decode than one message per candidate.
+        cols = pb.CandidateColumns(
+            request_ids=[c.request_id for c in candidates],
+            scores=[math.nan if c.score is None else c.score for c in candidates],
+            running=[c.running for c in candidates],
+            num_tokens=[c.num_tokens for c in candidates],
+            priorities=[c.priority for c in candidates],
+            idle_steps=[c.idle_steps for c in candidates],
+            promoted_steps_left=[c.promoted_steps_left for c in candidates],
+        )
+        if any(c.prompt for c in candidates):
+            cols.prompts.extend([c.prompt or "" for c in candidates])
+        req = pb.NextBatchRequest(
+            columns=cols, budget=pb.Budget(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
+        )
+        if guard is not None:
+            req.guard.CopyFrom(pb.StarvationGuard(threshold_steps=guard.threshold_steps, quantum_steps=guard.quantum_steps))
+        return req
+
+    @staticmethod
+    def _batch(resp: pb.NextBatchResponse) -> Batch:
+        return Batch(
+            order=list(resp.order),
+            num_scheduled=resp.num_scheduled,
+            preempted=list(resp.preempted),
+            idle_steps=list(resp.idle_steps),
+            promoted_steps_left=list(resp.promoted_steps_left),
+            model_version=resp.model_version,
+            fallback=False,
+        )
+
+    def _failed(self, method: str, error: Exception) -> None:
+        code = error.code() if isinstance(error, grpc.RpcError) else None
+        if code is not None and code not in _UNHEALTHY:
+            log.warning("ltr sidecar refused %s (%s): %s; using the fallback", method, code.name, error.details())
+            return
+        if self.breaker.record_failure():
+            log.warning(
+                "ltr sidecar at %s is unavailable (%s); scheduling falls back to FCFS until it answers again",
+                self.target,
+                code.name if code else type(error).__name__,
+            )
+
+    def _succeeded(self) -> None:
+        if self.breaker.is_open:
+            log.info("ltr sidecar at %s answers again", self.target)
+        self.breaker.record_success()
+
+
+class RankerClient(_Core):
+    """Blocking client. Thread-safe; create one and reuse it."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout_s: float = 0.5,
+        credentials: grpc.ChannelCredentials | None = None,
+        breaker: CircuitBreaker | None = None,
+        max_attempts: int = 3,
+        lb_policy: str | None = None,
+        max_message_bytes: int = 64 << 20,
+    ):
+        super().__init__(target, timeout_s, breaker)
+        options = self._options(max_attempts, lb_policy, max_message_bytes)
+        self.channel = grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        self.stub = pbg.RankerServiceStub(self.channel)
+
+    def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None) -> Scores:
+        if not items or not self.breaker.allow():
+            return Scores({}, None, fallback=True)
+        try:
+            resp = self.stub.Score(self._score_request(items), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("Score", e)
+            return Scores({}, None, fallback=True)
+        self._succeeded()
+        return Scores({s.request_id: s.score for s in resp.scores}, resp.model_version, fallback=False)
+
+    def next_batch(
+        self,
+        candidates: Sequence[Candidate],
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        guard: ordering.StarvationGuard | None = None,
+        timeout_s: float | None = None,
+    ) -> Batch:
+        if not candidates or not self.breaker.allow():
+            return fcfs_batch(candidates, max_num_seqs, max_num_batched_tokens)
+        try:
+            req = self._next_batch_request(candidates, max_num_seqs, max_num_batched_tokens, guard)
+            resp = self.stub.NextBatch(req, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("NextBatch", e)
+            return fcfs_batch(candidates, max_num_seqs, max_num_batched_tokens)
+        self._succeeded()
+        return self._batch(resp)
+
+    def model_info(self, timeout_s: float | None = None) -> pb.ModelInfoResponse | None:
+        if not self.breaker.allow():
+            return None
+        try:
+            resp = self.stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("ModelInfo", e)
+            return None
+        self._succeeded()
+        return resp
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RankerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRankerClient(_Core):
+    """asyncio client, for engines and gateways that run an event loop. Create it inside the loop."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout_s: float = 0.5,
+        credentials: grpc.ChannelCredentials | None = None,
+        breaker: CircuitBreaker | None = None,
+        max_attempts: int = 3,
+        lb_policy: str | None = None,
+        max_message_bytes: int = 64 << 20,
+    ):
+        super().__init__(target, timeout_s, breaker)
+        options = self._options(max_attempts, lb_policy, max_message_bytes)
+        aio = grpc.aio
+        self.channel = aio.secure_channel(target, credentials, options) if credentials else aio.insecure_channel(target, options)
+        self.stub = pbg.RankerServiceStub(self.channel)
+
+    async def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None) -> Scores:
+        if not items or not self.breaker.allow():
+            return Scores({}, None, fallback=True)
+        try:
+            resp = await self.stub.Score(self._score_request(items), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("Score", e)
+            return Scores({}, None, fallback=True)
+        self._succeeded()
+        return Scores({s.request_id: s.score for s in resp.scores}, resp.model_version, fallback=False)
+
+    async def next_batch(
+        self,
+        candidates: Sequence[Candidate],
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        guard: ordering.StarvationGuard | None = None,
+        timeout_s: float | None = None,
+    ) -> Batch:
+        if not candidates or not self.breaker.allow():
+            return fcfs_batch(candidates, max_num_seqs, max_num_batched_tokens)
+        try:
+            req = self._next_batch_request(candidates, max_num_seqs, max_num_batched_tokens, guard)
+            resp = await self.stub.NextBatch(req, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("NextBatch", e)
+            return fcfs_batch(candidates, max_num_seqs, max_num_batched_tokens)
+        self._succeeded()
+        return self._batch(resp)
+
+    async def model_info(self, timeout_s: float | None = None) -> pb.ModelInfoResponse | None:
+        if not self.breaker.allow():
+            return None
+        try:
+            resp = await self.stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("ModelInfo", e)
+            return None
+        self._succeeded()
+        return resp
+
+    async def close(self) -> None:
+        await self.channel.close()
