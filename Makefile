@@ -14,7 +14,7 @@ $(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.serve
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,proxy]'
 	touch $@
 
 $(BUF): tools/buf/package.json tools/buf/package-lock.json

@@ -119,11 +119,38 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def _add_proxy(sub: argparse._SubParsersAction) -> None:
+    p: _EnvDefaults = sub.add_parser(
+        "proxy",
+        help="OpenAI-compatible proxy that sets each request's priority from its score",
+        description="Score each /v1/chat/completions and /v1/completions request with the sidecar, set `priority` to a "
+        "virtual deadline (arrival + weight x predicted rank) and forward it, streaming included. Needs the `proxy` extra (aiohttp).",
+    )
+    a = p.add_env_argument
+    a("--upstream", "the OpenAI-compatible server to forward to, e.g. http://127.0.0.1:8000 (required)", str)
+    a("--listen-host", "address the proxy listens on", str, "127.0.0.1")
+    a("--listen-port", "port the proxy listens on (0 picks a free one)", int, 8080)
+    a("--sidecar", "gRPC address of the ltr-sidecar that scores prompts", str, "127.0.0.1:50051")
+    a("--engine", "how to express priority: vllm (lower first), sglang (higher first) or tensorrt-llm (float in [0, 1])", str, "vllm")
+    a("--weight-ms", "virtual-deadline weight: how far (ms) a short request may overtake a long one; 0 = FCFS", float, 10_000.0)
+    a("--window", "how many recent scores a new score is ranked against", int, 1024)
+    a("--score-timeout-ms", "deadline for scoring one request; past it the request is forwarded unscored", float, 50.0)
+    a("--log-level", "debug, info, warning or error", str, "info")
+
+    def run(args: argparse.Namespace) -> int:
+        from .proxy import main
+
+        return main(args)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltr-sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaults)
     _add_serve(sub)
     _add_bench(sub)
+    _add_proxy(sub)
     return parser
 
 

@@ -87,9 +87,10 @@ class Batch:
 
 
 def service_config(max_attempts: int = 3, initial_backoff_s: float = 0.01, max_backoff_s: float = 0.2, lb_policy: str | None = None) -> str:
-    """gRPC service config: retry UNAVAILABLE with exponential backoff; optional load-balancing policy."""
-    config: dict = {
-        "methodConfig": [
+    """gRPC service config: retry UNAVAILABLE with exponential backoff (max_attempts >= 2); optional load-balancing policy."""
+    config: dict = {}
+    if max_attempts >= 2:  # gRPC rejects a retry policy of one attempt
+        config["methodConfig"] = [
             {
                 "name": [{"service": "ltr.v1.RankerService"}],
                 "retryPolicy": {
@@ -101,7 +102,6 @@ def service_config(max_attempts: int = 3, initial_backoff_s: float = 0.01, max_b
                 },
             }
         ]
-    }
     if lb_policy:
         config["loadBalancingConfig"] = [{lb_policy: {}}]
     return json.dumps(config)
