@@ -86,6 +86,16 @@ def test_sigterm_sets_health_not_serving_drains_and_exits_cleanly_without_loggin
     assert SECRET not in logs
 
 
+def test_health_command_exits_zero_for_a_serving_sidecar_and_one_otherwise(sidecar):
+    ok = subprocess.run([sys.executable, "-m", "ltr_sidecar", "health", "--target", sidecar.target], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == "SERVING"
+    sidecar.stop()
+    down = subprocess.run(
+        [sys.executable, "-m", "ltr_sidecar", "health", "--target", sidecar.target, "--timeout", "0.5"], capture_output=True, text=True
+    )
+    assert down.returncode == 1 and down.stderr.strip() == "UNAVAILABLE"
+
+
 def test_flags_fall_back_to_ltr_environment_variables(monkeypatch):
     monkeypatch.setenv("LTR_PORT", "6123")
     monkeypatch.setenv("LTR_MAX_BATCH_SIZE", "7")

@@ -145,12 +145,34 @@ def _add_proxy(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_health(sub: argparse._SubParsersAction) -> None:
+    p: _EnvDefaults = sub.add_parser(
+        "health",
+        help="check a sidecar's grpc.health.v1 status (exit 0 if SERVING)",
+        description="Ask a sidecar's standard gRPC health service; print the status and exit 0 if SERVING, 1 otherwise. "
+        "Meant for container HEALTHCHECKs.",
+    )
+    a = p.add_env_argument
+    a("--target", "the sidecar's gRPC address", str, "127.0.0.1:50051")
+    a("--service", "service to check; empty checks the server as a whole", str, "")
+    a("--timeout", "seconds to wait for the answer", float, 2.0)
+    a("--tls-ca", "PEM CA to verify a TLS sidecar with (plaintext when unset)", Path)
+
+    def run(args: argparse.Namespace) -> int:
+        from .healthcheck import main
+
+        return main(args)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltr-sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaults)
     _add_serve(sub)
     _add_bench(sub)
     _add_proxy(sub)
+    _add_health(sub)
     return parser
 
 
