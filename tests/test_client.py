@@ -111,6 +111,19 @@ def test_a_rejected_request_falls_back_without_opening_the_breaker(sidecar):
     client.close()
 
 
+def test_a_rejected_half_open_trial_still_closes_the_breaker(start_sidecar):
+    port = free_port()
+    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=0.1)
+    client = RankerClient(f"127.0.0.1:{port}", timeout_s=0.5, breaker=breaker)
+    assert client.score([ScoreItem("a", "hi")]).fallback and breaker.is_open
+    start_sidecar(port=port)
+    time.sleep(0.2)
+    client.score([ScoreItem("dup", "a"), ScoreItem("dup", "b")])  # the trial: INVALID_ARGUMENT, but the sidecar answered
+    assert not breaker.is_open
+    assert not client.score([ScoreItem("b", "hi")]).fallback
+    client.close()
+
+
 def test_fcfs_fallback_respects_explicit_priority_then_arrival_and_the_budget():
     batch = fcfs_batch([Candidate("a", num_tokens=5), Candidate("b", priority=-1, num_tokens=5), Candidate("c", num_tokens=5)], 10, 10)
     assert batch.order == [1, 0, 2] and batch.num_scheduled == 2 and batch.fallback

@@ -193,6 +193,8 @@ class _Core:
     def _failed(self, method: str, error: Exception) -> None:
         code = error.code() if isinstance(error, grpc.RpcError) else None
         if code is not None and code not in _UNHEALTHY:
+            # The sidecar answered, so it is healthy: this also ends a half-open trial.
+            self.breaker.record_success()
             log.warning("ltr sidecar refused %s (%s): %s; using the fallback", method, code.name, error.details())
             return
         if self.breaker.record_failure():

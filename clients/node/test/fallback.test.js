@@ -1,0 +1,54 @@
+// Unit tests that need no sidecar: the FCFS fallback and the circuit breaker.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { CircuitBreaker, fcfsBatch } from '../index.js';
+
+test('fcfsBatch: explicit priority, then arrival, within the budget', () => {
+  const cands = [
+    { requestId: 'a', running: true },
+    { requestId: 'b', priority: -1 },
+    { requestId: 'c' },
+    { requestId: 'd', running: true, numTokens: 5 },
+  ];
+  const batch = fcfsBatch(cands, { maxNumSeqs: 3, maxNumBatchedTokens: 4 });
+  assert.deepEqual(batch.order, [1, 0, 2, 3]);
+  assert.equal(batch.numScheduled, 3);
+  assert.deepEqual(batch.scheduled, [1, 0, 2]);
+  assert.deepEqual(batch.preempted, [3]);
+  assert.deepEqual(batch.idleSteps, [0, 0, 0, 1]);
+  assert.equal(batch.fallback, true);
+  assert.equal(batch.modelVersion, null);
+});
+
+test('fcfsBatch: the prefix is strict and promoted candidates keep their band', () => {
+  const cands = [
+    { requestId: 'a', numTokens: 8 },
+    { requestId: 'b', numTokens: 1 },
+    { requestId: 'c', promotedStepsLeft: 2, idleSteps: 7 },
+  ];
+  const batch = fcfsBatch(cands, { maxNumSeqs: 8, maxNumBatchedTokens: 5 });
+  assert.deepEqual(batch.order, [2, 0, 1]);
+  assert.equal(batch.numScheduled, 1, 'a does not fit, so b may not overtake it');
+  assert.deepEqual(batch.idleSteps, [1, 1, 0]);
+  assert.deepEqual(batch.promotedStepsLeft, [0, 0, 1]);
+  assert.deepEqual(fcfsBatch([], { maxNumSeqs: 1, maxNumBatchedTokens: 1 }).order, []);
+});
+
+test('CircuitBreaker opens after the threshold and lets one trial through after the reset period', () => {
+  let now = 0;
+  const breaker = new CircuitBreaker({ failureThreshold: 2, resetAfterMs: 100, clock: () => now });
+  assert.equal(breaker.recordFailure(), false);
+  assert.equal(breaker.recordFailure(), true);
+  assert.ok(breaker.isOpen && !breaker.allow());
+  now = 150;
+  assert.equal(breaker.allow(), true, 'half-open: one trial');
+  assert.equal(breaker.allow(), false, 'only one trial at a time');
+  assert.equal(breaker.recordFailure(), false, 'a failed trial re-opens without counting a new opening');
+  assert.ok(breaker.isOpen && !breaker.allow());
+  now = 300;
+  assert.ok(breaker.allow());
+  breaker.recordSuccess();
+  assert.ok(!breaker.isOpen && breaker.allow());
+  assert.equal(breaker.timesOpened, 1);
+});
