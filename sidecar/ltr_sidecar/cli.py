@@ -66,6 +66,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--tls-key", "PEM private key of --tls-cert", Path)
     a("--tls-client-ca", "PEM CA that must have signed client certificates (enables mTLS)", Path)
     a("--grace", "seconds in-flight calls may take to drain on SIGTERM", float, 10.0)
+    a("--max-connection-age", "close client connections after this many seconds so round_robin clients re-resolve DNS and find new replicas (0 = never)", float, 0.0)
     a("--log-level", "debug, info, warning or error", str, "info")
     a("--log-format", "json (one object per line) or text", str, "json")
     p.set_defaults(func=_serve)
@@ -98,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             grace_s=args.grace,
+            max_connection_age_s=args.max_connection_age,
         )
         asyncio.run(serve(config))
     except (BundleError, ValueError, OSError) as e:

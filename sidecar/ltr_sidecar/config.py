@@ -37,6 +37,9 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set for mTLS: clients must present a certificate it signed
     grace_s: float = 10.0  # drain time for in-flight calls on SIGTERM
+    # Clients re-resolve DNS only when a connection ends; closing connections
+    # after this age lets round_robin clients find replicas added by scale-up.
+    max_connection_age_s: float = 0.0  # 0 = never
 
     def __post_init__(self) -> None:
         if self.max_queue < self.max_batch_size:

@@ -81,9 +81,11 @@ class SidecarServer:
         metrics.watch(scorer)
         metrics.model.labels(ranker.bundle.model_version, ranker.provider, ranker.bundle.model_sha256).set(1)
         size = config.limits.max_message_bytes
-        server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size), ("grpc.so_reuseport", 0)]
-        )
+        options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size), ("grpc.so_reuseport", 0)]
+        if config.max_connection_age_s > 0:
+            age_ms = int(config.max_connection_age_s * 1000)
+            options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", max(age_ms // 10, 1000))]
+        server = grpc.aio.server(options=options)
         servicer = RankerServicer(scorer, config.limits, config.guard, metrics)
         server.add_generic_rpc_handlers([_handlers(servicer)])
         health_servicer = health.aio.HealthServicer()
