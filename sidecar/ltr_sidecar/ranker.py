@@ -51,6 +51,12 @@ class OnnxRanker:
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # A bundle may say how it runs best (e.g. session.disable_quant_qdq for
+        # weight-only int8). Only session.* entries: nothing that loads code.
+        for key, value in self.bundle.metadata.get("runtime", {}).get("session_config", {}).items():
+            if not key.startswith("session."):
+                raise ValueError(f"{self.bundle.path}/ranker.json: runtime.session_config key {key!r} is not a session.* option")
+            options.add_session_config_entry(key, str(value))
         self.session = ort.InferenceSession(
             str(self.bundle.model_path), sess_options=options, providers=choose_providers(providers)
         )

@@ -42,6 +42,8 @@ SKIP_REASONS = (
 )
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+# ShareGPT cuts long conversations into parts named <conversation>_0, _1, ...
+_PART_SUFFIX = re.compile(r"_\d+$")
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,11 @@ class Split:
             **self.sizes(),
             "val_fraction": self.val_fraction,
             "test_fraction": self.test_fraction,
-            "method": "sha256(f'{seed}:{id}') -> uniform [0,1): test below test_fraction, then val, else train",
+            "method": (
+                "u = sha256(f'{seed}:{conversation id}') as a uniform [0,1) "
+                "(the id without its '_<part>' suffix); test if u < test_fraction, "
+                "else val if u < test_fraction + val_fraction, else train"
+            ),
         }
 
 
@@ -273,9 +279,16 @@ def _to_example(record: Any, stats: SkipStats) -> Example | None:
     return Example(id=record_id, prompt=prompt, response=response)
 
 
+def conversation_key(example_id: str) -> str:
+    """The id of the whole conversation a ShareGPT part belongs to ("QWJhYvA_3" -> "QWJhYvA")."""
+    return _PART_SUFFIX.sub("", example_id)
+
+
 def split_unit(seed: int, example_id: str) -> float:
-    """A uniform number in [0, 1) fixed by (seed, id) alone."""
-    digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+    """A uniform number in [0, 1) fixed by the seed and the example's conversation alone."""
+    # Parts of one conversation share topic and style; hashing the conversation
+    # rather than the part keeps them in one split, so test is not leaked into train.
+    digest = hashlib.sha256(f"{seed}:{conversation_key(example_id)}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -285,7 +298,7 @@ def split_examples(
     val_fraction: float,
     test_fraction: float,
 ) -> Split:
-    """Partition examples into train/val/test by hashing each id with the seed.
+    """Partition examples into train/val/test by hashing each conversation id with the seed.
 
     Hashing rather than shuffling keeps a record's split independent of how
     many records were read and in what order, so a larger later run never moves
