@@ -1,0 +1,138 @@
+"""The hook's settings: defaults, then environment variables, then vLLM's `additional_config["ltr"]`.
+
+The plugin config wins over the environment because it is the more specific
+of the two: one `vllm serve --additional-config '{"ltr": {...}}'` launch
+versus a deployment-wide variable. Unknown keys and bad values fail at engine
+start, not on the first request: a typo in a scheduling setting should be
+loud, and the engine refuses to start before it has served anything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .. import ordering
+from ..client import DEFAULT_TARGET
+
+# Field name -> environment variable.
+ENV_VARS = {
+    "target": "LTR_SIDECAR_TARGET",
+    "deadline_ms": "LTR_DEADLINE_MS",
+    "starvation_threshold": "LTR_STARVATION_THRESHOLD",
+    "starvation_quantum": "LTR_STARVATION_QUANTUM",
+    "max_batch": "LTR_MAX_BATCH",
+    "max_prompt_tokens": "LTR_MAX_PROMPT_TOKENS",
+    "breaker_failures": "LTR_BREAKER_FAILURES",
+    "breaker_reset_s": "LTR_BREAKER_RESET_S",
+    "enabled": "LTR_ENABLED",
+    "lb_policy": "LTR_LB_POLICY",
+    "tls_ca": "LTR_TLS_CA",
+    "tls_client_cert": "LTR_TLS_CLIENT_CERT",
+    "tls_client_key": "LTR_TLS_CLIENT_KEY",
+}
+ADDITIONAL_CONFIG_KEY = "ltr"
+
+
+@dataclass(frozen=True)
+class LTRConfig:
+    """Settings of the vLLM scheduler hook. See `clients/python/README.md` for each one."""
+
+    # host:port of the sidecar (any gRPC target string).
+    target: str = DEFAULT_TARGET
+    # Deadline of one Score call. It bounds how stale a score can be, never a
+    # scheduling step: steps do not wait for scores.
+    deadline_ms: float = 200.0
+    # The starvation guard, in engine steps (ordering.StarvationGuard); threshold 0 disables it.
+    starvation_threshold: int = ordering.DEFAULT_THRESHOLD_STEPS
+    starvation_quantum: int = ordering.DEFAULT_QUANTUM_STEPS
+    # Most prompts in one Score call.
+    max_batch: int = 64
+    # Prompts are cut to this many of the *engine's* tokens before decoding to
+    # text: the ranker only reads its first few hundred tokens anyway, and
+    # decoding a 100k-token prompt would only burn CPU.
+    max_prompt_tokens: int = 2048
+    # Circuit breaker: open after this many consecutive failures, retry after this long.
+    breaker_failures: int = 3
+    breaker_reset_s: float = 5.0
+    # False: plain FCFS, no sidecar calls (an off switch that needs no relaunch flags).
+    enabled: bool = True
+    # gRPC load balancing over the addresses the target resolves to. With one
+    # address it behaves like pick_first; with a headless Service
+    # (dns:///ltr-sidecar...:50051) it spreads calls over every ready replica.
+    lb_policy: str = "round_robin"
+    # TLS: a PEM CA file to verify the sidecar (empty: plaintext), and for
+    # mTLS a PEM client certificate and key.
+    tls_ca: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            raise ValueError("ltr: target must not be empty")
+        if self.deadline_ms <= 0 or self.breaker_reset_s <= 0:
+            raise ValueError("ltr: deadline_ms and breaker_reset_s must be positive")
+        if self.starvation_threshold < 0 or self.starvation_quantum < 0:
+            raise ValueError("ltr: starvation_threshold and starvation_quantum must be >= 0")
+        if self.max_batch < 1 or self.max_prompt_tokens < 1 or self.breaker_failures < 1:
+            raise ValueError("ltr: max_batch, max_prompt_tokens and breaker_failures must be >= 1")
+        if bool(self.tls_client_cert) != bool(self.tls_client_key):
+            raise ValueError("ltr: tls_client_cert and tls_client_key go together")
+        if self.tls_client_cert and not self.tls_ca:
+            raise ValueError("ltr: a client certificate (mTLS) needs tls_ca")
+
+    @property
+    def guard(self) -> ordering.StarvationGuard:
+        return ordering.StarvationGuard(self.starvation_threshold, self.starvation_quantum)
+
+    @classmethod
+    def load(cls, additional_config: object = None, environ: Mapping[str, str] | None = None) -> LTRConfig:
+        """Defaults, overridden by `environ` (os.environ by default), overridden by `additional_config["ltr"]`."""
+        environ = os.environ if environ is None else environ
+        types = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, var in ENV_VARS.items():
+            if var in environ:
+                values[name] = _parse(name, types[name], environ[var], source=var)
+        plugin = _plugin_section(additional_config)
+        unknown = set(plugin) - set(types)
+        if unknown:
+            raise ValueError(f"ltr: unknown additional_config keys {sorted(unknown)}; known: {sorted(types)}")
+        for name, value in plugin.items():
+            values[name] = _parse(name, types[name], value, source=f'additional_config["ltr"]["{name}"]')
+        return cls(**values)
+
+
+def _plugin_section(additional_config: object) -> Mapping[str, Any]:
+    # vLLM allows a dict or an object with compute_hash(); only dicts can carry our section.
+    if not isinstance(additional_config, Mapping):
+        return {}
+    section = additional_config.get(ADDITIONAL_CONFIG_KEY) or {}
+    if not isinstance(section, Mapping):
+        raise ValueError('ltr: additional_config["ltr"] must be a mapping')
+    return section
+
+
+def _parse(name: str, type_name: object, raw: object, source: str) -> Any:
+    # Field types are strings here (from __future__ annotations).
+    try:
+        if type_name == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if type_name == "int":
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)  # type: ignore[call-overload]
+        if type_name == "float":
+            return float(raw)  # type: ignore[arg-type]
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"ltr: bad value {raw!r} for {name} (from {source})") from None

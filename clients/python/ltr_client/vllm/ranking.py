@@ -1,0 +1,156 @@
+"""Per-request rank state, and ranking a list of requests with the shared policy.
+
+No vLLM import: this works on any object with a `priority` attribute, so it is
+tested and benchmarked without an engine.
+
+The order itself is `ltr_client.ordering.priority_order`, the function the
+sidecar's NextBatch runs, so the hook and the RPC cannot drift apart. One
+difference is deliberate: NextBatch sorts unscored candidates after scored
+ones, while here a request with no score yet keeps its first-come-first-served
+slot and only the scored requests are permuted among the other slots. Scores
+arrive asynchronously, so every request starts unscored; sorting it last would
+delay it behind every scored request, and a request whose score never comes
+(sidecar down) would wait longer than FCFS would make it. With no scores at
+all the list is left untouched, which is exactly FCFS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from .. import ordering
+
+# The attribute that carries a request's RankState. A plain attribute on the
+# engine's Request object rather than a dict in the scheduler: it dies with the
+# request, so there is nothing to clean up on any of vLLM's many finish paths.
+STATE_ATTR = "ltr_state"
+NEVER = math.inf
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class RankState:
+    """What the policy needs to know about one request, beyond its priority."""
+
+    # Higher = shorter predicted output; NaN until the sidecar's score arrives.
+    score: float = math.nan
+    # The hook's step counter when the request last ran, or when it arrived.
+    # idle_steps is derived from it (step - 1 - mark), so a waiting request
+    # costs nothing per step: only the requests that ran get an update.
+    mark: int = 0
+    # Executed steps left in the starvation guard's top band.
+    promoted_steps_left: int = 0
+
+
+_NO_STATE = RankState()
+
+
+def state_of(item: Any) -> RankState:
+    """The request's RankState (a shared unscored default if it has none)."""
+    return getattr(item, STATE_ATTR, None) or _NO_STATE
+
+
+@dataclass(frozen=True)
+class Ranking(Generic[T]):
+    """The result of `rank`."""
+
+    # The new order, or None if the order does not change.
+    items: list[T] | None
+    # The first step at which the starvation guard could promote one of the
+    # items (their idle count reaches the threshold): until then, and unless
+    # scores, priorities or membership change, ranking again changes nothing.
+    next_promotion_step: float
+
+
+def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Ranking[T]:
+    """Rank `items` (given in FCFS order) for scheduling step `step`.
+
+    Explicit priority first (lower first, stable); then scored items are
+    ordered by `ordering.priority_order` (starvation band, score, arrival)
+    within the slots that scored items occupy; unscored items keep their slots.
+    Items newly promoted by the starvation guard get their quantum written
+    back to their RankState.
+    """
+    # This runs on the engine's step path. The lists are short (the running
+    # batch, the waiting queue), so it is written to make few numpy calls:
+    # their fixed cost, not the per-item work, dominates at these sizes.
+    n = len(items)
+    if n == 0:
+        return Ranking(None, NEVER)
+    if not isinstance(items, list):
+        items = list(items)  # a deque indexes in O(n)
+    states = [getattr(it, STATE_ATTR, None) or _NO_STATE for it in items]
+    out: list[T] | None = None
+    has_priority = any(it.priority for it in items)  # type: ignore[attr-defined]
+    if has_priority:
+        # Explicit priority is the primary key for every request, scored or not.
+        priorities = [it.priority for it in items]  # type: ignore[attr-defined]
+        permutation = sorted(range(n), key=priorities.__getitem__)  # stable
+        if permutation != list(range(n)):
+            items = out = [items[i] for i in permutation]
+            states = [states[i] for i in permutation]
+    scores = np.fromiter([s.score for s in states], dtype=np.float64, count=n)
+    scored = ~np.isnan(scores)
+    num_scored = int(np.count_nonzero(scored))
+    if num_scored == 0:
+        return Ranking(out, NEVER)  # unscored items keep their slots: FCFS (within priority)
+
+    slots: list[int] | None = None
+    sub_items, sub_states = items, states
+    if num_scored < n:
+        slot_arr = np.flatnonzero(scored)
+        slots = slot_arr.tolist()
+        sub_items, sub_states = [items[i] for i in slots], [states[i] for i in slots]
+        scores = scores[slot_arr]
+    marks = np.fromiter([s.mark for s in sub_states], dtype=np.int64, count=num_scored)
+    promoted = np.fromiter([s.promoted_steps_left for s in sub_states], dtype=np.int64, count=num_scored)
+    priority = (
+        np.fromiter([it.priority for it in sub_items], dtype=np.int64, count=num_scored)  # type: ignore[attr-defined]
+        if has_priority
+        else np.zeros(num_scored, dtype=np.int64)
+    )
+    candidates = ordering.Candidates(
+        scores=scores,
+        running=np.zeros(num_scored, dtype=bool),
+        num_tokens=np.ones(num_scored, dtype=np.int64),
+        priority=priority,
+        idle_steps=np.maximum(step - 1 - marks, 0),
+        promoted_steps_left=promoted,
+    )
+    order_arr, promoted_after = ordering.priority_order(candidates, guard)
+    next_promotion = NEVER
+    if guard.enabled:
+        for k in np.flatnonzero(promoted_after != promoted).tolist():
+            sub_states[k].promoted_steps_left = int(promoted_after[k])
+        unpromoted = promoted_after <= 0
+        if unpromoted.any():
+            # idle = step - 1 - mark reaches the threshold at step mark + threshold + 1.
+            next_promotion = float(marks[unpromoted].min()) + guard.threshold_steps + 1
+
+    order = order_arr.tolist()
+    if order == list(range(num_scored)):
+        return Ranking(out, next_promotion)
+    if slots is None:
+        return Ranking([items[i] for i in order], next_promotion)
+    result = list(items)
+    for slot, src in zip(slots, order, strict=True):
+        result[slot] = items[slots[src]]
+    return Ranking(result, next_promotion)
+
+
+def record_run(state: RankState, step: int) -> bool:
+    """The request ran in `step`: its idle count restarts and it spends one step of any promotion.
+
+    Returns True if that ended its promotion (its band, and so the order, changes).
+    """
+    state.mark = step
+    if state.promoted_steps_left > 0:
+        state.promoted_steps_left -= 1
+        return state.promoted_steps_left == 0
+    return False

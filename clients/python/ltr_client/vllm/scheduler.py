@@ -1,0 +1,158 @@
+"""LTRScheduler: vLLM's V1 scheduler, serving the shortest predicted jobs first.
+
+Load it with `--scheduler-cls ltr_client.vllm.LTRScheduler`. It reuses all of
+vLLM's scheduling mechanics (budgets, KV allocation, chunked prefill,
+preemption) and changes only *order*, at three points:
+
+1. `add_request` hands the prompt to a background scorer (no network, no
+   decoding on the engine thread);
+2. `schedule` applies the scores that have arrived, re-ranks the waiting queue
+   (`LTRRequestQueue.rank`) and the running list with the shared policy, then
+   runs vLLM's own `schedule`. Sorting `running` best-first makes vLLM's FCFS
+   victim choice, `running.pop()`, preempt the lowest-ranked running request
+   under KV-cache pressure, and gives the best-ranked requests the token
+   budget first;
+3. after vLLM's `schedule`, the requests that ran get their starvation
+   counters updated.
+
+vLLM keeps the scheduling it has always done: requests that are running are
+not preempted to let a better-ranked waiting request in (the paper's
+Algorithm 1 would); they run to completion unless KV memory runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.request_queue import SchedulingPolicy
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request, RequestStatus
+
+from . import ranking
+from .config import LTRConfig
+from .request_queue import LTRRequestQueue
+from .scorer import BackgroundScorer, make_client
+from .tokenizer import detokenizer_factory
+
+log = logging.getLogger(__name__)
+
+
+def _async_scheduling(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+    return bool(getattr(getattr(vllm_config, "scheduler_config", None), "async_scheduling", False))
+
+
+class LTRScheduler(Scheduler):
+    """vLLM's Scheduler with learning-to-rank ordering. Becomes `LTRAsyncScheduler` when async scheduling is on."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LTRScheduler:
+        # One name for the command line: vLLM picks AsyncScheduler itself only
+        # when no scheduler_cls is given, so the hook makes the same choice.
+        if cls is LTRScheduler and _async_scheduling(args, kwargs):
+            cls = LTRAsyncScheduler
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ltr_config = LTRConfig.load(self.vllm_config.additional_config)
+        self._guard = self.ltr_config.guard
+        self._ltr_step = 0
+        self._running_tail: Request | None = None
+        self._running_stale = True
+        self._running_next_promotion_step = ranking.NEVER
+        self._warned_no_state = False
+        # The hook's queue is FCFS underneath and does priority and rank
+        # itself. vLLM's PRIORITY branch would pick preemption victims by
+        # (priority, arrival) alone, ignoring the rank, so the hook always
+        # takes the FCFS branch (victim = running[-1]) and keeps `running`
+        # sorted so that the last one is the lowest-ranked.
+        self.policy = SchedulingPolicy.FCFS
+        self.waiting = LTRRequestQueue()
+        self.scorer: BackgroundScorer | None = None
+        if self.ltr_config.enabled:
+            cfg = self.ltr_config
+            self.scorer = BackgroundScorer(
+                make_client(cfg),
+                detokenizer_factory(self.vllm_config.model_config),
+                max_batch=cfg.max_batch,
+                max_prompt_tokens=cfg.max_prompt_tokens,
+                deadline_s=cfg.deadline_ms / 1000,
+            )
+        log.info("ltr: scheduler hook %s (%s)", "on" if self.scorer else "off", self.ltr_config)
+
+    def add_request(self, request: Request) -> None:
+        is_new = request.request_id not in self.requests  # not a streaming-session update
+        if is_new:
+            # Before the super call, which enqueues it: the queue reads its state.
+            is_new = self._attach_state(request)
+        super().add_request(request)
+        if is_new and self.scorer is not None and request.prompt_token_ids:
+            self.scorer.submit(request.request_id, request.prompt_token_ids)
+
+    def _attach_state(self, request: Request) -> bool:
+        try:
+            setattr(request, ranking.STATE_ATTR, ranking.RankState(mark=self._ltr_step))
+            return True
+        except AttributeError:
+            # A vLLM whose Request takes no new attributes (__slots__): the
+            # request stays unscored, which is FCFS, rather than failing.
+            if not self._warned_no_state:
+                self._warned_no_state = True
+                log.warning("ltr: cannot attach rank state to vLLM requests; scheduling stays FCFS")
+            return False
+
+    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        self._ltr_step += 1
+        step = self._ltr_step
+        if self.scorer is not None:
+            self._apply_scores()
+        self.waiting.rank(step, self._guard)
+        self._rank_running(step)
+        output = super().schedule(throttle_prefills)
+        requests = self.requests
+        for request_id in output.num_scheduled_tokens:
+            state = getattr(requests.get(request_id), ranking.STATE_ATTR, None)
+            if state is not None and ranking.record_run(state, step):
+                self._running_stale = True  # its promotion ended: it drops to its score's band
+        return output
+
+    def _rank_running(self, step: int) -> None:
+        """Keep `running` best-first, re-ranking only when its order can have changed."""
+        running = self.running
+        if not running:
+            return
+        # Admissions append to `running` and change its tail; finishing and
+        # preemption only remove, which keeps a ranked list ranked.
+        if not self._running_stale and running[-1] is self._running_tail and step < self._running_next_promotion_step:
+            return
+        result = ranking.rank(running, step, self._guard)
+        if result.items is not None:
+            running[:] = result.items
+        self._running_tail = running[-1]
+        self._running_stale = False
+        self._running_next_promotion_step = result.next_promotion_step
+
+    def _apply_scores(self) -> None:
+        assert self.scorer is not None
+        for request_id, score in self.scorer.drain():
+            request = self.requests.get(request_id)  # gone if it finished before its score came
+            state = getattr(request, ranking.STATE_ATTR, None)
+            if state is None:
+                continue
+            state.score = score
+            if request.status == RequestStatus.RUNNING:
+                self._running_stale = True
+            else:
+                self.waiting.invalidate()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self.scorer is not None:
+            self.scorer.close()
+
+
+class LTRAsyncScheduler(LTRScheduler, AsyncScheduler):
+    """LTRScheduler on top of vLLM's AsyncScheduler (`--async-scheduling`, vLLM's default where supported)."""

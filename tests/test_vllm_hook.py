@@ -1,0 +1,417 @@
+"""The vLLM scheduler hook (ltr_client.vllm) on a real vLLM engine, on CPU.
+
+One tiny Llama (random weights, a word-level tokenizer trained here) serves
+every test. The engine is started once with `scheduler_cls=
+"ltr_client.vllm.LTRScheduler"`; each test then installs a fresh scheduler
+(stock FCFS or the hook, with the test's own sidecar) on the idle engine, so
+FCFS and the hook are compared on the same engine and weights without paying
+for a second engine start. Progress is counted in engine steps, not seconds,
+so the assertions do not depend on the machine's speed.
+
+Without vllm the module is skipped locally, but fails under CI (env CI set),
+so that a missing install cannot pass as a skip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# vLLM reads these at import time. In-process engine core (so that the test
+# can reach the scheduler), no CPU pinning on a shared machine, 1 GiB of KV
+# cache, and no hub access.
+for _key, _value in {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+try:
+    import vllm  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    if os.environ.get("CI"):
+        raise RuntimeError(f"vllm must be installed in CI to test the scheduler hook: {e}") from e
+    pytest.skip(f"vllm is not installed ({e})", allow_module_level=True)
+
+from vllm import LLM, SamplingParams  # noqa: E402
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler  # noqa: E402
+from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
+
+from ltr_client import ordering  # noqa: E402
+from ltr_client.vllm import LTRAsyncScheduler, LTRConfig, LTRRequestQueue, LTRScheduler  # noqa: E402
+from ltr_client.vllm.ranking import RankState, rank  # noqa: E402
+
+# Prompts the tiny ranker (conftest.WORD_BIAS) scores far apart: "brief"
+# ranks shortest, "essay" longest. Words outside the LLM tokenizer's
+# vocabulary would decode to [UNK] and lose their bias.
+BRIEF = ["brief brief answer", "brief answer please", "one word brief reply", "brief brief brief"]
+ESSAY = ["essay essay about rome", "write an essay on history", "long essay essay please", "essay on the history of rome"]
+VOCAB = sorted({w for p in BRIEF + ESSAY for w in p.split()} | {"the", "a", "of", "question", "explain", "detail"})
+
+MAX_NUM_SEQS = 2
+SHORT_TOKENS, LONG_TOKENS = 4, 16
+# Arrival order alternates long, short: FCFS makes every short request wait
+# behind a long one.
+MIXED = [
+    (f"long{i}", ESSAY[i // 2], LONG_TOKENS) if i % 2 == 0 else (f"short{i}", BRIEF[i // 2], SHORT_TOKENS) for i in range(8)
+]
+
+
+# --------------------------------------------------------------------------
+# Engine fixtures and helpers
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights and a word-level tokenizer trained on VOCAB."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()  # joins words with spaces
+    tok.train_from_iterator([" ".join(VOCAB)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<s>", "</s>"]))
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+    hf_tok.save_pretrained(path)
+    config = LlamaConfig(
+        vocab_size=len(hf_tok),
+        hidden_size=128,  # head_dim 64: a size the CPU attention kernels support
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+# The scheduler class vLLM built when the engine started.
+LOADED: list[type] = []
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir: Path) -> Iterator[LLM]:
+    engine = LLM(
+        model=str(model_dir),
+        scheduler_cls="ltr_client.vllm.LTRScheduler",  # the --scheduler-cls path, resolved by vLLM
+        additional_config={"ltr": {"enabled": False}},
+        max_num_seqs=MAX_NUM_SEQS,
+        max_model_len=256,
+        block_size=32,  # the smallest the CPU backend takes: small blocks, so that the preemption test runs out of KV cache quickly
+        dtype="float32",  # so that rounding differences between batch shapes cannot flip a greedy token
+        enforce_eager=True,
+        enable_prefix_caching=False,  # every run computes every token: outputs comparable across runs
+        seed=0,
+    )
+    LOADED.append(type(core(engine).scheduler))  # what vLLM built from scheduler_cls
+    yield engine
+    core(engine).scheduler.shutdown()
+
+
+def core(engine: LLM) -> Any:
+    """The in-process EngineCore (VLLM_ENABLE_V1_MULTIPROCESSING=0), which owns the scheduler."""
+    return engine.llm_engine.engine_core.engine_core
+
+
+def stock(engine: LLM) -> type[Scheduler]:
+    """vLLM's own scheduler class for this engine: AsyncScheduler when async scheduling is on (GPUs), else Scheduler."""
+    return AsyncScheduler if core(engine).vllm_config.scheduler_config.async_scheduling else Scheduler
+
+
+def install(engine: LLM, cls: type[Scheduler], num_blocks: int | None = None, **ltr: object) -> Scheduler:
+    """Replace the idle engine's scheduler with a new `cls`, configured by `additional_config["ltr"] = ltr`.
+
+    `LTRScheduler` picks its async variant itself; pass `stock(engine)` for vLLM's own.
+    """
+    engine_core = core(engine)
+    old = engine_core.scheduler
+    assert not old.has_unfinished_requests()
+    old.vllm_config.additional_config["ltr"] = dict(ltr)
+    kv_cache_config = old.kv_cache_config
+    if num_blocks is not None:
+        # A smaller logical pool over the same KV tensors: block ids stay in range.
+        kv_cache_config = dataclasses.replace(kv_cache_config, num_blocks=num_blocks)
+    new = cls(
+        vllm_config=old.vllm_config,
+        kv_cache_config=kv_cache_config,
+        structured_output_manager=old.structured_output_manager,
+        block_size=old.block_size,
+        hash_block_size=old.hash_block_size,
+        include_finished_set=old.finished_req_ids_dict is not None,
+        log_stats=old.log_stats,
+    )
+    # Finished requests the workers have not been told about yet: the next step tells them.
+    new.finished_req_ids = old.finished_req_ids
+    old.shutdown()
+    engine_core.scheduler = new
+    return new
+
+
+@dataclass(frozen=True)
+class Done:
+    step: int  # the engine step in which the request finished
+    token_ids: tuple[int, ...]
+
+
+def params(max_tokens: int) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0)
+
+
+def submit(engine: LLM, requests: list[tuple[str, str, int]]) -> None:
+    for request_id, prompt, max_tokens in requests:
+        engine.llm_engine.add_request(request_id, prompt, params(max_tokens))
+
+
+def drive(engine: LLM, on_step: Callable[[int, dict[str, Done]], None] | None = None, max_steps: int = 400) -> dict[str, Done]:
+    """Step the engine until it is idle; `on_step(step, done)` runs before each step."""
+    done: dict[str, Done] = {}
+    step = 0
+    while engine.llm_engine.has_unfinished_requests():
+        step += 1
+        assert step <= max_steps, "the engine did not finish"
+        if on_step is not None:
+            on_step(step, done)
+        for out in engine.llm_engine.step():
+            if out.finished:
+                done[out.request_id] = Done(step, tuple(out.outputs[0].token_ids))
+    return done
+
+
+def mean_step(done: dict[str, Done], prefix: str) -> float:
+    steps = [d.step for rid, d in done.items() if rid.startswith(prefix)]
+    return sum(steps) / len(steps)
+
+
+def ltr_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("ltr_client") and r.levelno >= logging.WARNING]
+
+
+@pytest.fixture(scope="module")
+def fcfs(llm: LLM) -> dict[str, Done]:
+    """The reference: stock vLLM FCFS on MIXED."""
+    install(llm, stock(llm))
+    submit(llm, MIXED)
+    return drive(llm)
+
+
+# --------------------------------------------------------------------------
+# The policy without an engine
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    name: str
+    score: float | None = None
+    priority: int = 0
+    mark: int = 0
+
+    def __post_init__(self) -> None:
+        self.ltr_state = RankState(score=float("nan") if self.score is None else self.score, mark=self.mark)
+
+
+def names(items: list[Item] | None) -> list[str] | None:
+    return None if items is None else [i.name for i in items]
+
+
+def test_unscored_requests_keep_their_fcfs_slots_and_scored_ones_sort_around_them():
+    items = [Item("a", 1.0), Item("b"), Item("c", 3.0), Item("d", 2.0), Item("e")]
+    assert names(rank(items, step=1, guard=ordering.StarvationGuard()).items) == ["c", "b", "d", "a", "e"]
+    assert rank([Item("a"), Item("b")], 1, ordering.StarvationGuard()).items is None, "no scores: FCFS as is"
+
+
+def test_priority_is_the_primary_key_and_the_guard_promotes_with_the_shared_policy():
+    guard = ordering.StarvationGuard(threshold_steps=5, quantum_steps=2)
+    items = [Item("low", -9.0), Item("high", 9.0), Item("urgent-unscored", priority=-1), Item("late", 0.0, mark=10)]
+    # At step 7 "low" and "high" have idled 6 steps (promoted: oldest first), "late" none.
+    result = rank(items, step=7, guard=guard)
+    assert names(result.items) == ["urgent-unscored", "low", "high", "late"]
+    assert items[0].ltr_state.promoted_steps_left == 2 and items[3].ltr_state.promoted_steps_left == 0
+    # Until "late" idles 5 steps (step 16), ranking again cannot change the order.
+    assert result.next_promotion_step == 16
+    assert rank(result.items, step=8, guard=guard).items is None
+
+
+def test_the_queue_reranks_on_new_scores_prepends_and_due_promotions_only():
+    guard = ordering.StarvationGuard(threshold_steps=4, quantum_steps=1)
+    a, b, c = Item("a", 1.0), Item("b", 2.0), Item("c")
+    queue = LTRRequestQueue([a, b, c])
+    assert queue.rank(1, guard) and names(list(queue)) == ["b", "a", "c"]
+    c.ltr_state.score = 3.0
+    assert not queue.rank(2, guard), "nothing said the order changed: no work"
+    queue.invalidate()  # what the scheduler does when scores arrive
+    assert queue.rank(2, guard) and names(list(queue)) == ["c", "b", "a"]
+    queue.pop_request()
+    queue.prepend_request(Item("p", 0.0, mark=2))  # a preempted request returns at the front
+    assert queue.rank(3, guard) and names(list(queue)) == ["b", "a", "p"]
+    # "a" has idled since step 0: at step 5 the guard promotes it, with no other trigger.
+    b.ltr_state.mark = 3
+    assert not queue.rank(4, guard)
+    assert queue.rank(5, guard) and names(list(queue)) == ["a", "b", "p"]
+    assert a.ltr_state.promoted_steps_left == 1 and b.ltr_state.promoted_steps_left == 0
+
+
+def test_config_comes_from_env_then_additional_config_and_rejects_typos():
+    env = {"LTR_SIDECAR_TARGET": "ranker:1", "LTR_DEADLINE_MS": "50", "LTR_STARVATION_THRESHOLD": "9"}
+    cfg = LTRConfig.load({"ltr": {"starvation_threshold": 4, "enabled": "false"}}, environ=env)
+    assert (cfg.target, cfg.deadline_ms, cfg.starvation_threshold, cfg.enabled) == ("ranker:1", 50.0, 4, False)
+    assert LTRConfig.load(None, environ={}) == LTRConfig()
+    with pytest.raises(ValueError, match="unknown"):
+        LTRConfig.load({"ltr": {"treshold": 1}}, environ={})
+    with pytest.raises(ValueError, match="LTR_DEADLINE_MS"):
+        LTRConfig.load(None, environ={"LTR_DEADLINE_MS": "soon"})
+
+
+# --------------------------------------------------------------------------
+# The hook in vLLM
+# --------------------------------------------------------------------------
+
+
+def test_scheduler_cls_loads_the_hook_and_async_scheduling_gets_the_async_variant(llm: LLM, fcfs: dict[str, Done], start_sidecar):
+    scheduler_config = core(llm).vllm_config.scheduler_config
+    # The engine was started with scheduler_cls="ltr_client.vllm.LTRScheduler", resolved by vLLM.
+    assert LOADED == [LTRAsyncScheduler if scheduler_config.async_scheduling else LTRScheduler]
+    # vLLM's CPU platform forces async scheduling off; flip the flag to get the
+    # class vLLM builds on GPUs. It still steps through the synchronous loop
+    # here, which exercises AsyncScheduler's bookkeeping under the hook's overrides.
+    was = scheduler_config.async_scheduling
+    scheduler_config.async_scheduling = True
+    try:
+        scheduler = install(llm, LTRScheduler, target=start_sidecar().target)
+    finally:
+        scheduler_config.async_scheduling = was
+    assert type(scheduler) is LTRAsyncScheduler and isinstance(scheduler, AsyncScheduler)
+    assert type(scheduler).mro().index(LTRScheduler) < type(scheduler).mro().index(AsyncScheduler)
+    submit(llm, MIXED)
+    assert scheduler.scorer.wait_idle(30)
+    done = drive(llm)
+    assert {r: d.token_ids for r, d in done.items()} == {r: d.token_ids for r, d in fcfs.items()}
+    assert mean_step(done, "short") <= 0.5 * mean_step(fcfs, "short")
+
+
+def test_short_requests_finish_first_with_the_hook(llm: LLM, fcfs: dict[str, Done], start_sidecar):
+    sidecar = start_sidecar()
+    scheduler = install(llm, LTRScheduler, target=sidecar.target)
+    submit(llm, MIXED)
+    # The step never waits for scores; the test does, so that it measures the
+    # order and not a race between the sidecar and the first step.
+    assert scheduler.scorer.wait_idle(30)
+    ltr = drive(llm)
+
+    assert set(ltr) == set(fcfs)
+    short_ltr, short_fcfs = mean_step(ltr, "short"), mean_step(fcfs, "short")
+    assert short_ltr <= 0.5 * short_fcfs, (short_ltr, short_fcfs)
+    assert max(d.step for r, d in ltr.items() if r.startswith("short")) < min(d.step for r, d in ltr.items() if r.startswith("long"))
+    # Same engine steps overall (the work is the same), and the order changes no output.
+    assert max(d.step for d in ltr.values()) == max(d.step for d in fcfs.values())
+    assert {r: d.token_ids for r, d in ltr.items()} == {r: d.token_ids for r, d in fcfs.items()}
+
+
+def test_the_starvation_guard_bounds_a_long_request_under_a_stream_of_short_ones(llm: LLM, start_sidecar):
+    n, m, short_tokens = 6, 2, 3
+    sidecar = start_sidecar()
+    scheduler = install(llm, LTRScheduler, target=sidecar.target, starvation_threshold=n, starvation_quantum=m)
+    submit(llm, [("long", ESSAY[0], LONG_TOKENS), ("short-0", BRIEF[0], short_tokens), ("short-1", BRIEF[1], short_tokens)])
+    assert scheduler.scorer.wait_idle(30)
+    shorts = [2]
+
+    def stream(step: int, done: dict[str, Done]) -> None:
+        # Keep at least two short requests queued for as long as the long one
+        # is unfinished: without the guard it would never be picked.
+        if "long" in done:
+            return
+        waiting = sum(1 for r in scheduler.waiting if not r.request_id.startswith("long"))
+        for _ in range(max(0, MAX_NUM_SEQS - waiting)):
+            submit(llm, [(f"short-{shorts[0]}", BRIEF[shorts[0] % len(BRIEF)], short_tokens)])
+            shorts[0] += 1
+        assert scheduler.scorer.wait_idle(30)
+
+    done = drive(llm, stream)
+    # Promoted after N idle steps, the long request heads the queue and takes
+    # the first slot a short request frees (at most short_tokens steps later),
+    # then runs to completion: vLLM never preempts a running request for a
+    # waiting one. M only protects it as a preemption victim, which this
+    # KV-rich run never needs.
+    bound = n + 1 + short_tokens + LONG_TOKENS
+    assert done["long"].step <= bound, (done["long"].step, bound)
+    first_step = done["long"].step - LONG_TOKENS + 1
+    assert first_step > n, "until promoted, the long request yielded to every short one (LTR, not FCFS)"
+    overtook = [r for r, d in done.items() if r.startswith("short") and d.step < done["long"].step and int(r[6:]) >= 2]
+    assert len(overtook) >= 2, "short requests that arrived after it ran first"
+    assert len(done) == shorts[0] + 1
+
+
+def test_a_sidecar_stopped_before_the_run_gives_exactly_fcfs_and_one_warning(llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog):
+    sidecar = start_sidecar()
+    sidecar.stop()
+    scheduler = install(llm, LTRScheduler, target=sidecar.target, breaker_failures=1, deadline_ms=100)
+    with caplog.at_level(logging.WARNING, logger="ltr_client"):
+        submit(llm, MIXED)
+        done = drive(llm)  # no waiting for scores: steps must not wait either
+        assert scheduler.scorer.wait_idle(30)
+    assert done == fcfs, "same completion step and same tokens for every request"
+    warnings = ltr_warnings(caplog)
+    assert len(warnings) == 1 and "unavailable" in warnings[0], warnings
+
+
+def test_a_sidecar_stopped_during_the_run_loses_nothing_and_changes_no_output(llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog):
+    sidecar = start_sidecar()
+    scheduler = install(llm, LTRScheduler, target=sidecar.target, breaker_failures=1, deadline_ms=100)
+    late = [(f"late-{rid}", prompt, tokens) for rid, prompt, tokens in MIXED[:4]]
+
+    def stop_midway(step: int, done: dict[str, Done]) -> None:
+        if step == 4:
+            sidecar.stop()
+            submit(llm, late)  # these can no longer be scored
+
+    with caplog.at_level(logging.WARNING, logger="ltr_client"):
+        submit(llm, MIXED)
+        assert scheduler.scorer.wait_idle(30)
+        done = drive(llm, stop_midway)
+        assert scheduler.scorer.wait_idle(30)
+    assert set(done) == set(fcfs) | {rid for rid, _, _ in late}
+    for rid, d in done.items():
+        assert d.token_ids == fcfs[rid.removeprefix("late-")].token_ids, rid
+    assert mean_step(done, "short") < mean_step(fcfs, "short"), "scores from before the outage still count"
+    warnings = ltr_warnings(caplog)
+    assert len(warnings) == 1 and "unavailable" in warnings[0], warnings
+
+
+def test_kv_cache_pressure_preempts_the_lowest_ranked_running_request(llm: LLM, start_sidecar):
+    sidecar = start_sidecar()
+    # 3 usable blocks of 32 tokens (block 0 is vLLM's null block): the two
+    # 30-token prompts fit, but not both second blocks.
+    scheduler = install(llm, LTRScheduler, num_blocks=4, target=sidecar.target)
+    preempted: list[str] = []
+    original = scheduler._preempt_request
+
+    def record(request, *args, **kwargs):
+        preempted.append(request.request_id)
+        return original(request, *args, **kwargs)
+
+    scheduler._preempt_request = record
+    # The long-predicted request arrives first: FCFS would preempt the other one (running[-1]).
+    submit(llm, [("essay", " ".join(["essay"] * 30), 12), ("brief", " ".join(["brief"] * 29), 12)])
+    assert scheduler.scorer.wait_idle(30)
+    done = drive(llm)
+    assert set(done) == {"essay", "brief"}
+    assert preempted and all(rid.startswith("essay") for rid in preempted), preempted
+    assert done["brief"].step < done["essay"].step
