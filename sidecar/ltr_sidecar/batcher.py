@@ -51,7 +51,7 @@ class MicroBatcher(Generic[T, R]):
         self,
         run_batch: Callable[[list[T]], Sequence[R]],
         max_batch_size: int = 32,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = 0.0,
         max_queue: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
     ):

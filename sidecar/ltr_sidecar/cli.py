@@ -53,7 +53,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--metrics-host", "address for /metrics", str, "127.0.0.1")
     a("--metrics-port", "Prometheus /metrics port (0 picks a free one, -1 disables)", int, 9090)
     a("--max-batch-size", "most prompts per model call", int, 32)
-    a("--max-delay-ms", "longest a prompt waits for its batch to fill when the server is idle", float, 2.0)
+    a("--max-delay-ms", "longest a prompt waits for more prompts to join its batch when the model is idle (batches fill on their own under load)", float, 0.0)
     a("--max-queue", "most prompts waiting for the model; beyond it calls get RESOURCE_EXHAUSTED", int, 2048)
     a("--cache-size", "score cache entries (0 disables the cache)", int, 100_000)
     a("--intra-op-threads", "ONNX Runtime threads per model call (0: one per core)", int, 0)

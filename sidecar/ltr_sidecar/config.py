@@ -27,7 +27,9 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9090  # 0 picks a free port; -1 disables /metrics
     max_batch_size: int = 32
-    max_delay_ms: float = 2.0
+    # 0: an idle server runs a lone prompt at once; under load batches fill
+    # anyway while the previous batch runs, so waiting only adds latency.
+    max_delay_ms: float = 0.0
     max_queue: int = 2048  # items waiting for the model; beyond it calls get RESOURCE_EXHAUSTED
     cache_size: int = 100_000
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (all cores)

@@ -40,7 +40,7 @@ class Scorer:
         ranker: OnnxRanker,
         cache_size: int = 100_000,
         max_batch_size: int = 32,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = 0.0,
         max_queue: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
     ):
