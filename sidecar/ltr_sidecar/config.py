@@ -31,7 +31,9 @@ class ServerConfig:
     # anyway while the previous batch runs, so waiting only adds latency.
     max_delay_ms: float = 0.0
     max_queue: int = 2048  # items waiting for the model; beyond it calls get RESOURCE_EXHAUSTED
-    cache_size: int = 100_000
+    # Enough for every request an engine has in flight or waiting; each entry
+    # costs about 330 bytes, so 16k stay under 6 MiB.
+    cache_size: int = 16_384
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (all cores)
     limits: Limits = field(default_factory=Limits)
     guard: StarvationGuard = field(default_factory=StarvationGuard)

@@ -51,6 +51,9 @@ class OnnxRanker:
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle ONNX Runtime threads otherwise spin for work, burning a core that
+        # the event loop and the engine beside us need between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # A bundle may say how it runs best (e.g. session.disable_quant_qdq for
         # weight-only int8). Only session.* entries: nothing that loads code.
         for key, value in self.bundle.metadata.get("runtime", {}).get("session_config", {}).items():

@@ -38,7 +38,7 @@ class Scorer:
     def __init__(
         self,
         ranker: OnnxRanker,
-        cache_size: int = 100_000,
+        cache_size: int = 16_384,
         max_batch_size: int = 32,
         max_delay_s: float = 0.0,
         max_queue: int = 1024,
