@@ -375,9 +375,11 @@ class InProcessResult:
     p99_ms: float | None
 
 
-def run_in_process(ranker: Any, stream: PromptStream, batch_size: int, max_items: int, duration_s: float, show: bool) -> InProcessResult:
-    """Score the stream's prompts in chunks of `batch_size` with `ranker.score_texts`, timing each call."""
-    latencies: list[float] = []
+def run_in_process(
+    ranker: Any, stream: PromptStream, batch_size: int, max_items: int, duration_s: float, show: bool, latencies: list[float] | None = None
+) -> InProcessResult:
+    """Score the stream's prompts in chunks of `batch_size` with `ranker.score_texts`, timing each call (into `latencies` if given)."""
+    latencies = [] if latencies is None else latencies
     items = 0
     progress = Progress(f"in-process batch={batch_size}", max_items, duration_s, show)
     started = time.perf_counter()
@@ -491,13 +493,23 @@ class LoadClient:
         return call
 
     async def score_level(
-        self, stream: PromptStream, concurrency: int, items_per_call: int, max_calls: int, duration_s: float, server_pid: int | None, show: bool
+        self,
+        stream: PromptStream,
+        concurrency: int,
+        items_per_call: int,
+        max_calls: int,
+        duration_s: float,
+        server_pid: int | None,
+        show: bool,
+        latencies_out: list[float] | None = None,
     ) -> LoadResult:
         cached = [0]
         cpu0, own0 = (read_cpu_seconds(server_pid) if server_pid else None), _own_cpu_seconds()
         progress = Progress(f"Score c={concurrency}", max_calls, duration_s, show)
         latencies, errors, seconds = await _closed_loop(self.score_call(stream, items_per_call, cached), concurrency, max_calls, duration_s, progress)
         cpu1 = read_cpu_seconds(server_pid) if server_pid else None
+        if latencies_out is not None:
+            latencies_out.extend(latencies)
         calls = len(latencies)
         return LoadResult(
             concurrency=concurrency,
@@ -662,6 +674,11 @@ def _figures(report: dict[str, Any], args: argparse.Namespace) -> dict[str, floa
         "inprocess_batch_items_per_s": batched,
         "score_c1_p50_overhead_ms": round(c1["p50_ms"] - single_p50, 4) if c1 and single_p50 is not None else None,
     }
+    pairs = list(zip(report["_paired"]["in_process"], report["_paired"]["grpc"]))
+    if pairs:
+        # Same prompt, both ways: the median of the per-prompt differences is the overhead itself.
+        figures["score_c1_p50_overhead_ms"] = round(float(np.median([g - i for i, g in pairs])) * 1e3, 4)
+        figures["score_c1_paired_prompts"] = len(pairs)
     # The columns form is the one meant for large batches, so it carries the target's name.
     if "columns" in report["nextbatch"]:
         figures[f"nextbatch_{args.candidates}_p99_ms"] = report["nextbatch"]["columns"]["p99_ms"]
@@ -750,8 +767,15 @@ async def _load_phases(
 
         _note(f"Score: warming up ({WARMUP_CALLS} calls)")
         await _closed_loop(client.score_call(stream, args.items_per_call, [0]), min(8, max(args.concurrency)), WARMUP_CALLS, args.duration, Progress("warm-up", WARMUP_CALLS, None, False))
+        paired = report["_paired"]
         for c in args.concurrency:
-            result = await client.score_level(stream, c, args.items_per_call, args.requests, args.duration, pid, show)
+            if c == 1 and args.items_per_call == 1:
+                # The server never saw these prompts (the baseline ran in-process), so the cache still misses.
+                replay = PromptStream(stream.prompts)
+                replay.next_seq = paired["start"]
+                result = await client.score_level(replay, c, 1, args.requests, args.duration, pid, show, paired["grpc"])
+            else:
+                result = await client.score_level(stream, c, args.items_per_call, args.requests, args.duration, pid, show)
             report["score"].append(asdict(result))
             _note(f"Score c={c}: {result.items_per_s:.1f} items/s, p50 {_fmt(result.p50_ms, 3)} ms, p99 {_fmt(result.p99_ms, 3)} ms, errors {sum(result.errors.values())}")
 
@@ -831,13 +855,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "nextbatch": {},
     }
 
+    # Concurrency 1 over gRPC replays the very prompts the in-process single-item
+    # run scored, so the overhead compares like with like (prompt lengths vary a lot).
+    paired: dict[str, Any] = {"start": 0, "in_process": [], "grpc": []}
+    report["_paired"] = paired
+
     def baseline() -> None:
         from .ranker import OnnxRanker
 
         show = not args.quiet
         ranker = OnnxRanker(bundle, _providers(args), args.intra_op_threads)
         ranker.score_texts([p for _, p in stream.take(args.max_batch_size)])  # warm-up
-        single = run_in_process(ranker, stream, 1, args.requests, args.duration, show)
+        paired["start"] = stream.next_seq
+        single = run_in_process(ranker, stream, 1, args.requests, args.duration, show, paired["in_process"])
         batch = run_in_process(ranker, stream, args.max_batch_size, max(args.requests, 4 * args.max_batch_size), args.duration, show)
         report["in_process"] = {"single": asdict(single), "batch": asdict(batch)}
         _note(f"in-process: batch 1 {single.items_per_s:.1f} items/s (p50 {_fmt(single.p50_ms, 3)} ms), batch {batch.batch_size} {batch.items_per_s:.1f} items/s")
@@ -852,6 +882,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         asyncio.run(_load_phases(args, address, proc, stream, report, baseline))
     report["machine"]["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["figures"] = _figures(report, args)
+    del report["_paired"]
     report["targets"] = _judge(report["figures"])
     report["total_seconds"] = round(time.perf_counter() - started, 2)
     return report
