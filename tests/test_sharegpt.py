@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ltr_sidecar.training import sharegpt
-from ltr_sidecar.training.sharegpt import Example, SkipStats, iter_sharegpt, split_examples
+from ltr_sidecar.training.sharegpt import Example, SkipStats, conversation_key, iter_sharegpt, iter_sharegpt_turns, split_examples
 
 
 def record(record_id: str, *turns: tuple[str, str]) -> dict:
@@ -203,3 +203,26 @@ def test_parts_of_one_conversation_land_in_the_same_split() -> None:
 def test_impossible_fractions_are_rejected(val: float, test: float) -> None:
     with pytest.raises(ValueError):
         split_examples(examples_for_split(10), seed=0, val_fraction=val, test_fraction=test)
+
+
+def test_all_turns_yields_every_human_reply_pair_and_keeps_each_conversation_in_one_split(tmp_path: Path) -> None:
+    path = tmp_path / "sharegpt.json"
+    write_array(
+        path,
+        [
+            record("conv_0", ("human", "first?"), ("gpt", "one"), ("human", "second?"), ("gpt", "two")),
+            # A later part of the same conversation that opens with the assistant: skipped by
+            # iter_sharegpt, but its human -> gpt pair is still a training pair.
+            record("conv_1", ("gpt", "more"), ("human", "third?"), ("gpt", "three"), ("human", "unanswered")),
+        ],
+    )
+    turns = list(iter_sharegpt_turns(path))
+    assert [(e.id, e.prompt, e.response) for e in turns] == [
+        ("conv_0#0", "first?", "one"),
+        ("conv_0#2", "second?", "two"),
+        ("conv_1#1", "third?", "three"),
+    ]
+    assert {conversation_key(e.id) for e in turns} == {"conv"}
+    for seed in range(5):
+        split = split_examples(turns, seed=seed, val_fraction=0.3, test_fraction=0.3)
+        assert sorted(len(part) for part in (split.train, split.val, split.test)) == [0, 0, 3]

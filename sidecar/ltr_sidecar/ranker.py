@@ -38,6 +38,17 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in AUTO_PROVIDERS if p in available] or available
 
 
+def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """int64 input_ids and attention_mask, right-padded with 0 to the longest row (at least 1 wide)."""
+    width = max(1, max(len(r) for r in rows))
+    input_ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, ids in enumerate(rows):
+        input_ids[i, : len(ids)] = ids
+        mask[i, : len(ids)] = 1
+    return input_ids, mask
+
+
 class OnnxRanker:
     """Scores prompts with a bundle's model: higher score = shorter predicted output."""
 
@@ -109,11 +120,6 @@ class OnnxRanker:
         return scores
 
     def _run(self, rows: list[Sequence[int]]) -> np.ndarray:
-        width = max(1, max(len(r) for r in rows))
-        input_ids = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, ids in enumerate(rows):
-            input_ids[i, : len(ids)] = ids
-            mask[i, : len(ids)] = 1
+        input_ids, mask = pad(rows)
         (out,) = self.session.run([self._output], {"input_ids": input_ids, "attention_mask": mask})
         return np.asarray(out, dtype=np.float32).reshape(len(rows))

@@ -1,6 +1,6 @@
-"""Offline training helpers for ranker bundles (data loading and splitting).
+"""Ranker training, export and evaluation (`ltr-sidecar train`, `evaluate`, `collect`).
 
-Nothing here is imported by the server: it runs only in the training
-environment (see tools/build_interim_bundle.py), so it may stay plain Python
-without pulling torch or transformers into the serving install.
+Nothing here is imported by the server.  Data loading (sharegpt, traces,
+dataset) is plain Python; losses, model, train and export need the ``train``
+extra (torch, transformers); baselines need scikit-learn (also in ``train``).
 """

@@ -42,8 +42,9 @@ SKIP_REASONS = (
 )
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-# ShareGPT cuts long conversations into parts named <conversation>_0, _1, ...
-_PART_SUFFIX = re.compile(r"_\d+$")
+# ShareGPT cuts long conversations into parts named <conversation>_0, _1, ...;
+# iter_sharegpt_turns names later turns <part>#<turn index>.
+_PART_SUFFIX = re.compile(r"(_\d+)?(#\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,33 @@ def iter_sharegpt(
             if example is not None:
                 stats.examples += 1
                 yield example
+
+
+def iter_sharegpt_turns(path: str | Path | None = None, stats: SkipStats | None = None) -> Iterator[Example]:
+    """Every human -> assistant pair of every conversation, not only the first.
+
+    Training data only: later turns are prompts seen without their context,
+    which is still a prompt-to-answer-length signal and gives about 5x the
+    pairs.  Evaluation stays on first turns (:func:`iter_sharegpt`).  Ids are
+    ``<record id>#<turn index>``, so :func:`split_examples` keeps every turn of
+    a conversation in its conversation's split.
+    """
+    stats = stats if stats is not None else SkipStats()
+    path = Path(path) if path is not None else find_sharegpt_file()
+    with open(path, "rb") as stream:
+        for record in _iter_array_records(stream, stats, 1 << 20):
+            stats.records += 1
+            conversation = record.get("conversations") if isinstance(record, dict) else None
+            record_id = record.get("id") if isinstance(record, dict) else None
+            if not isinstance(record_id, str) or not record_id or not isinstance(conversation, list):
+                stats.skip("malformed_record")
+                continue
+            for i in range(len(conversation) - 1):
+                if _role(conversation[i]) in HUMAN_ROLES and _role(conversation[i + 1]) in ASSISTANT_ROLES:
+                    prompt, response = _text(conversation[i]), _text(conversation[i + 1])
+                    if prompt.strip() and response.strip():
+                        stats.examples += 1
+                        yield Example(id=f"{record_id}#{i}", prompt=prompt, response=response)
 
 
 def _iter_array_records(stream: IO[bytes], stats: SkipStats, chunk_bytes: int) -> Iterator[Any]:

