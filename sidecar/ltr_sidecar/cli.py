@@ -240,7 +240,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             return 2
         fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"command"}  # argparse uses "command" for the subcommand
         config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
-                             command=shlex.join(["ltr-sidecar", *sys.argv[2:]]) if sys.argv[1:2] == ["train"] else "")
+                             command=shlex.join(["ltr-sidecar", "train", *sys.argv[2:]]) if sys.argv[1:2] == ["train"] else "")
         try:
             result = train(config)
         except (ValueError, FileNotFoundError) as e:

