@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
 import socket
 import statistics
@@ -40,19 +39,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# vLLM reads these at import time (see tests/test_vllm_hook.py).
-for _key, _value in {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+# Run as a script, only benchmarks/ itself is on sys.path; the shared module is imported as benchmarks.tiny_llama.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.tiny_llama import build_tiny_llama, set_vllm_env, word_level_tokenizer  # noqa: E402
+
+# Before vLLM's import, which reads them (see benchmarks/tiny_llama.py).
+set_vllm_env()
 
 BRIEF = ["brief brief answer", "brief answer please", "one word brief reply", "brief brief brief"]
 ESSAY = ["essay essay about rome", "write an essay on history", "long essay essay please", "essay on the history of rome"]
@@ -85,31 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_tiny_llm(path: Path, hidden_size: int = 128, num_layers: int = 2) -> Path:
     """A small Llama with random weights and a word-level tokenizer over VOCAB (as in the tests)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator([" ".join(VOCAB)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<s>", "</s>"]))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
-    hf_tok.save_pretrained(path)
-    config = LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=hidden_size // 64,  # head_dim 64: a size the CPU attention kernels support
-        num_key_value_heads=max(1, hidden_size // 256),
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return build_tiny_llama(path, word_level_tokenizer(VOCAB), hidden_size=hidden_size, num_layers=num_layers, max_position_embeddings=512)
 
 
 def free_port() -> int:
@@ -121,14 +93,14 @@ def free_port() -> int:
 class SidecarProcess:
     """`ltr-sidecar serve` in its own process, as deployed: it must not share the engine's GIL."""
 
-    def __init__(self, bundle: Path):
+    def __init__(self, bundle: Path, intra_op_threads: int = 1, extra_args: Sequence[str] = ()):
         self.target = f"127.0.0.1:{free_port()}"
         port = self.target.rsplit(":", 1)[1]
-        # One inference thread: on a small shared machine the sidecar would
-        # otherwise take every core from the engine, which a deployment
-        # avoids by giving it its own.
+        # One inference thread by default: on a small shared machine the
+        # sidecar would otherwise take every core from the engine, which a
+        # deployment avoids by giving it its own.
         cmd = [sys.executable, "-m", "ltr_sidecar", "serve", "--model", str(bundle), "--port", port, "--metrics-port", "0"]
-        cmd += ["--intra-op-threads", "1"]
+        cmd += ["--intra-op-threads", str(intra_op_threads), *extra_args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         from ltr_client import CircuitBreaker, RankerClient
 

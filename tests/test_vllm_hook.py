@@ -1,12 +1,13 @@
 """The vLLM scheduler hook (ltr_client.vllm) on a real vLLM engine, on CPU.
 
-One tiny Llama (random weights, a word-level tokenizer trained here) serves
-every test. The engine is started once with `scheduler_cls=
-"ltr_client.vllm.LTRScheduler"`; each test then installs a fresh scheduler
-(stock FCFS or the hook, with the test's own sidecar) on the idle engine, so
-FCFS and the hook are compared on the same engine and weights without paying
-for a second engine start. Progress is counted in engine steps, not seconds,
-so the assertions do not depend on the machine's speed.
+One tiny Llama (benchmarks/tiny_llama.py: random weights, a word-level
+tokenizer over the test's words) serves every test. The engine is started
+once with `scheduler_cls="ltr_client.vllm.LTRScheduler"`; each test then
+installs a fresh scheduler (stock FCFS or the hook, with the test's own
+sidecar) on the idle engine, so FCFS and the hook are compared on the same
+engine and weights without paying for a second engine start. Progress is
+counted in engine steps, not seconds, so the assertions do not depend on the
+machine's speed.
 
 Without vllm the module is skipped locally, but fails under CI (env CI set),
 so that a missing install cannot pass as a skip.
@@ -24,17 +25,11 @@ from typing import Any
 
 import pytest
 
-# vLLM reads these at import time. In-process engine core (so that the test
-# can reach the scheduler), no CPU pinning on a shared machine, 1 GiB of KV
-# cache, and no hub access.
-for _key, _value in {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+from benchmarks.tiny_llama import build_tiny_llama, set_vllm_env, word_level_tokenizer
+
+# Before vLLM's import, which reads them: in-process engine core (so that the
+# test can reach the scheduler), no CPU pinning, 1 GiB of KV cache, no hub.
+set_vllm_env()
 
 try:
     import vllm  # noqa: F401
@@ -75,32 +70,8 @@ MIXED = [
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama with random weights and a word-level tokenizer trained on VOCAB."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     path = tmp_path_factory.mktemp("tiny-llama")
-    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece()  # joins words with spaces
-    tok.train_from_iterator([" ".join(VOCAB)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<s>", "</s>"]))
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
-    hf_tok.save_pretrained(path)
-    config = LlamaConfig(
-        vocab_size=len(hf_tok),
-        hidden_size=128,  # head_dim 64: a size the CPU attention kernels support
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return build_tiny_llama(path, word_level_tokenizer(VOCAB), hidden_size=128, num_layers=2, max_position_embeddings=256)
 
 
 # The scheduler class vLLM built when the engine started.

@@ -67,8 +67,9 @@ def generate(model: Path, out: Path, limit: int, max_tokens: int, max_prompt_tok
     tokenizer = llm.get_tokenizer()
     chosen = []
     for example in test:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt}], add_generation_prompt=True, tokenize=True)
-        if len(ids) <= max_prompt_tokens:
+        # Render, then count: apply_chat_template(tokenize=True) returns a mapping in newer transformers.
+        text = tokenizer.apply_chat_template([{"role": "user", "content": example.prompt}], add_generation_prompt=True, tokenize=False)
+        if len(tokenizer.encode(text, add_special_tokens=False)) <= max_prompt_tokens:
             chosen.append(example)
         if len(chosen) == limit:
             break

@@ -1,0 +1,1 @@
+"""Benchmarks that run against real engines: see benchmarks/README.md."""
