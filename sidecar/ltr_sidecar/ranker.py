@@ -38,6 +38,20 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in AUTO_PROVIDERS if p in available] or available
 
 
+def load_tokenizer(path: str | Path, max_length: int) -> Tokenizer:
+    """A bundle's tokenizer set up as the server uses it: no padding, truncation at max_length."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
+def tokenize(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids for each prompt, truncated to max_length (training uses this too, so it sees what serving sees)."""
+    limit = max_length * MAX_CHARS_PER_TOKEN
+    return [e.ids for e in tokenizer.encode_batch([p[:limit] for p in prompts])]
+
+
 def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """int64 input_ids and attention_mask, right-padded with 0 to the longest row (at least 1 wide)."""
     width = max(1, max(len(r) for r in rows))
@@ -55,9 +69,7 @@ class OnnxRanker:
     def __init__(self, bundle: Bundle | str | Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.max_length = self.bundle.max_length
-        self.tokenizer = Tokenizer.from_file(str(self.bundle.tokenizer_path))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer = load_tokenizer(self.bundle.tokenizer_path, self.max_length)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -93,9 +105,7 @@ class OnnxRanker:
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids for each prompt, truncated to the bundle's max_length."""
-        limit = self.max_length * MAX_CHARS_PER_TOKEN
-        encodings = self.tokenizer.encode_batch([p[:limit] for p in prompts])
-        return [e.ids for e in encodings]
+        return tokenize(self.tokenizer, prompts, self.max_length)
 
     def truncate(self, token_ids: Sequence[Sequence[int]]) -> list[Sequence[int]]:
         """Caller-tokenized ids, cut to max_length (the tokenizer's own truncation keeps the head too)."""

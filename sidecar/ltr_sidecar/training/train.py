@@ -39,11 +39,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from ..bundle import write_metadata
-from ..ranker import MAX_CHARS_PER_TOKEN, OnnxRanker
+from ..ranker import OnnxRanker, load_tokenizer, tokenize
 from . import export
 from .dataset import SHAREGPT, label_examples, load_source, sharegpt_all_turns_train, split_source
 from .evaluate import evaluate_bundle, score_bundle
@@ -134,20 +133,6 @@ def _subsample(rows: list[Example], limit: int, seed: int, salt: str) -> list[Ex
         return rows
     keep = set(random.Random(f"{seed}:{salt}").sample(range(len(rows)), limit))
     return [row for i, row in enumerate(rows) if i in keep]
-
-
-class PromptTokenizer:
-    """Tokenizes prompts the way :class:`ltr_sidecar.ranker.OnnxRanker` does, so training sees what serving sees."""
-
-    def __init__(self, path: Path, max_length: int) -> None:
-        self.tokenizer = Tokenizer.from_file(str(path))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length)
-        self.max_length = max_length
-
-    def __call__(self, prompts: list[str]) -> list[list[int]]:
-        limit = self.max_length * MAX_CHARS_PER_TOKEN
-        return [e.ids for e in self.tokenizer.encode_batch([p[:limit] for p in prompts])]
 
 
 class Scorer:
@@ -257,8 +242,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
              int(np.median([e.output_tokens for e in train_rows])))
 
     # -- 2. tokenize as the server will --------------------------------------
-    tokenize = PromptTokenizer(tokenizer_path, cfg.max_length)
-    train_ids, val_ids, test_ids = (tokenize([e.prompt for e in rows]) for rows in (train_rows, val_rows, test_rows))
+    tokenizer = load_tokenizer(tokenizer_path, cfg.max_length)
+    train_ids, val_ids, test_ids = (tokenize(tokenizer, [e.prompt for e in rows], cfg.max_length) for rows in (train_rows, val_rows, test_rows))
     train_len = torch.tensor([e.output_tokens for e in train_rows], dtype=torch.float64)
     val_tokens = np.array([e.output_tokens for e in val_rows])
 
