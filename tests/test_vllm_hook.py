@@ -221,6 +221,15 @@ def test_priority_is_the_primary_key_and_the_guard_promotes_with_the_shared_poli
     assert rank(result.items, step=8, guard=guard).items is None
 
 
+def test_promoted_requests_run_oldest_first_even_after_the_queue_was_reranked():
+    guard = ordering.StarvationGuard(threshold_steps=5, quantum_steps=2)
+    old, older, fresh = Item("old", 9.0), Item("older", 1.0), Item("fresh", 5.0, mark=10)
+    old.arrival_time, older.arrival_time, fresh.arrival_time = 2.0, 1.0, 3.0
+    # The queue as the last ranking left it: best score first, not arrival order.
+    result = rank([old, fresh, older], step=7, guard=guard)
+    assert names(result.items) == ["older", "old", "fresh"], "both idled past the threshold: oldest arrival first"
+
+
 def test_the_queue_reranks_on_new_scores_prepends_and_due_promotions_only():
     guard = ordering.StarvationGuard(threshold_steps=4, quantum_steps=1)
     a, b, c = Item("a", 1.0), Item("b", 2.0), Item("c")

@@ -69,13 +69,17 @@ class Ranking(Generic[T]):
 
 
 def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Ranking[T]:
-    """Rank `items` (given in FCFS order) for scheduling step `step`.
+    """Rank `items` for scheduling step `step`.
 
-    Explicit priority first (lower first, stable); then scored items are
-    ordered by `ordering.priority_order` (starvation band, score, arrival)
-    within the slots that scored items occupy; unscored items keep their slots.
-    Items newly promoted by the starvation guard get their quantum written
-    back to their RankState.
+    Items are first put back in first-come-first-served order: by their
+    `arrival_time` when they all have one (vLLM's requests do), else as given.
+    The queue holds the previous ranking, and the policy's arrival key must
+    mean arrival, or promoted requests would run in rank order instead of
+    oldest first. Then explicit priority (lower first, stable); then scored
+    items are ordered by `ordering.priority_order` (starvation band, score,
+    arrival) within the slots that scored items occupy; unscored items keep
+    their FCFS slots. Items newly promoted by the starvation guard get their
+    quantum written back to their RankState.
     """
     # This runs on the engine's step path. The lists are short (the running
     # batch, the waiting queue), so it is written to make few numpy calls:
@@ -88,10 +92,13 @@ def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Rank
     states = [getattr(it, STATE_ATTR, None) or _NO_STATE for it in items]
     out: list[T] | None = None
     has_priority = any(it.priority for it in items)  # type: ignore[attr-defined]
-    if has_priority:
+    arrivals = [getattr(it, "arrival_time", None) for it in items]
+    fcfs_key = None if None in arrivals else arrivals
+    if has_priority or fcfs_key is not None:
         # Explicit priority is the primary key for every request, scored or not.
         priorities = [it.priority for it in items]  # type: ignore[attr-defined]
-        permutation = sorted(range(n), key=priorities.__getitem__)  # stable
+        keys = list(zip(priorities, fcfs_key)) if fcfs_key is not None else priorities
+        permutation = sorted(range(n), key=keys.__getitem__)  # stable
         if permutation != list(range(n)):
             items = out = [items[i] for i in permutation]
             states = [states[i] for i in permutation]
