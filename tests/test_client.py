@@ -31,7 +31,7 @@ def test_next_batch_over_rpc_matches_the_shared_policy_run_locally(sidecar):
     cands = [
         Candidate("a", score=0.5, running=True),
         Candidate("b", score=2.0, num_tokens=30),
-        Candidate("c", score=-1.0, num_tokens=20, idle_steps=300),
+        Candidate("c", score=-1.0, num_tokens=20, idle_steps=800),
         Candidate("d", score=1.0, running=True, priority=1),
     ]
     with RankerClient(sidecar.target) as client:

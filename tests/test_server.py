@@ -133,7 +133,7 @@ def test_next_batch_is_stateless_counters_round_trip_through_the_caller(start_si
 
 def test_columns_give_the_same_decision_as_one_message_per_candidate(sidecar):
     stub = sidecar.stub()
-    rows = [("a", 0.5, True, 1, 0, 0), ("b", 2.0, False, 30, 1, 0), ("c", -1.0, False, 20, 0, 300), ("d", 1.0, True, 1, 0, 0)]
+    rows = [("a", 0.5, True, 1, 0, 0), ("b", 2.0, False, 30, 1, 0), ("c", -1.0, False, 20, 0, 800), ("d", 1.0, True, 1, 0, 0)]
     messages = pb.NextBatchRequest(
         candidates=[
             pb.Candidate(request_id=r, score=sc, running=run, num_tokens=nt, priority=pr, idle_steps=idle)
@@ -154,7 +154,7 @@ def test_columns_give_the_same_decision_as_one_message_per_candidate(sidecar):
     )
     a, b = stub.NextBatch(messages, timeout=10), stub.NextBatch(columns, timeout=10)
     assert a == b
-    assert list(a.order) == [2, 3, 0, 1]  # c promoted (idle 300), then by score; b has priority 1
+    assert list(a.order) == [2, 3, 0, 1]  # c promoted (idle 800), then by score; b has priority 1
 
 
 def test_columns_score_prompts_where_the_score_is_nan(sidecar):
@@ -182,7 +182,7 @@ def test_model_info_describes_the_serving_bundle(sidecar):
     bundle = sidecar.server.scorer.ranker.bundle
     assert (info.name, info.model_sha256, info.max_input_tokens) == (bundle.name, bundle.model_sha256, 64)
     assert info.execution_provider == "CPUExecutionProvider"
-    assert info.default_guard.threshold_steps == 256
+    assert info.default_guard.threshold_steps == 768
 
 
 def test_standard_health_reports_serving_for_the_server_and_the_service(sidecar):

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ltr_client import ordering
+
 from .bundle import DEFAULT_BUNDLE
 
 log = logging.getLogger("ltr_sidecar")
@@ -60,8 +62,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-items", "most items per Score call and candidates per NextBatch call", int, 8192)
     a("--max-prompt-bytes", "longest prompt accepted, in UTF-8 bytes (prompts are truncated to the model's max tokens)", int, 1 << 20)
     a("--max-message-bytes", "largest gRPC message, either way", int, 64 << 20)
-    a("--starvation-threshold", "steps a candidate may wait unscheduled before it is promoted (0 disables the guard)", int, 256)
-    a("--starvation-quantum", "executed steps a promoted candidate stays in the top band", int, 32)
+    a("--starvation-threshold", "steps a candidate may wait unscheduled before it is promoted (0 disables the guard)", int, ordering.DEFAULT_THRESHOLD_STEPS)
+    a("--starvation-quantum", "executed steps a promoted candidate stays in the top band", int, ordering.DEFAULT_QUANTUM_STEPS)
     a("--tls-cert", "PEM server certificate (enables TLS; needs --tls-key)", Path)
     a("--tls-key", "PEM private key of --tls-cert", Path)
     a("--tls-client-ca", "PEM CA that must have signed client certificates (enables mTLS)", Path)

@@ -44,11 +44,11 @@ describe('against a live sidecar', { skip: TARGET ? false : 'LTR_SIDECAR_TARGET 
     const cands = [
       { requestId: 'a', score: 0.5, running: true },
       { requestId: 'b', score: 2.0, numTokens: 30 },
-      { requestId: 'c', score: -1.0, numTokens: 20, idleSteps: 300 },
+      { requestId: 'c', score: -1.0, numTokens: 20, idleSteps: 800 },
       { requestId: 'd', score: 1.0, running: true, priority: 1 },
     ];
     const budget = { maxNumSeqs: 3, maxNumBatchedTokens: 40 };
-    // Server default guard (256 steps): c has waited 300 steps, so it is promoted and runs first.
+    // Server default guard (768 steps): c has waited 800 steps, so it is promoted and runs first.
     const guarded = await client.nextBatch(cands, budget);
     assert.equal(guarded.fallback, false, String(guarded.error));
     assert.deepEqual(guarded.order, [2, 1, 0, 3]);
@@ -94,7 +94,7 @@ describe('against a live sidecar', { skip: TARGET ? false : 'LTR_SIDECAR_TARGET 
     assert.match(info.modelSha256, /^[0-9a-f]{64}$/);
     assert.ok(info.maxInputTokens > 0);
     assert.equal(info.executionProvider, 'CPUExecutionProvider');
-    assert.deepEqual(info.defaultGuard, { thresholdSteps: 256, quantumSteps: 32 });
+    assert.deepEqual(info.defaultGuard, { thresholdSteps: 768, quantumSteps: 32 });
     assert.equal(typeof info.evaluation, 'object');
   });
 

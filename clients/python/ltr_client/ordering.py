@@ -25,11 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Defaults, in engine steps. An idle request is promoted after about 256
-# steps (a few seconds on a GPU at 10-30 ms a step), which bounds the wait of
-# a long request under a stream of short ones while leaving SJF untouched at
-# normal load; 32 executed steps let it make progress before it competes again.
-DEFAULT_THRESHOLD_STEPS = 256
+# Defaults, in engine steps. An idle request is promoted after 768 steps
+# (about 8-25 s on a GPU at 10-30 ms a step). Measured on vLLM under sustained
+# overload (benchmarks/README.md): 256 promoted so many requests that the
+# order was nearly FCFS again (mean latency 0.97x FCFS), while 768 kept most of
+# the gain (0.79x) and held the longest wait to 1.46x FCFS's. 32 executed
+# steps let a promoted request make progress before it competes again.
+DEFAULT_THRESHOLD_STEPS = 768
 DEFAULT_QUANTUM_STEPS = 32
 
 
