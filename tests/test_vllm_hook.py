@@ -44,7 +44,7 @@ from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 
 from ltr_client import ordering  # noqa: E402
 from ltr_client.vllm import LTRAsyncScheduler, LTRConfig, LTRRequestQueue, LTRScheduler  # noqa: E402
-from ltr_client.vllm.ranking import RankState, rank  # noqa: E402
+from ltr_client.vllm.ranking import RankState, preemption_victims, rank  # noqa: E402
 
 # Prompts the tiny ranker (conftest.WORD_BIAS) scores far apart: "brief"
 # ranks shortest, "essay" longest. Words outside the LLM tokenizer's
@@ -230,6 +230,20 @@ def test_promoted_requests_run_oldest_first_even_after_the_queue_was_reranked():
     assert names(result.items) == ["older", "old", "fresh"], "both idled past the threshold: oldest arrival first"
 
 
+def test_better_ranked_waiting_requests_displace_the_worst_running_ones_beyond_the_free_slots():
+    running = [Item("good", 5.0), Item("unscored"), Item("bad", -3.0), Item("worse", -4.0)]
+    waiting = [Item("best", 9.0), Item("mid", 0.0), Item("meh", -3.5), Item("new")]
+    # No free slot: "best" displaces "worse", "mid" displaces "bad"; "meh" ranks below "good".
+    assert names(preemption_victims(running, waiting, free_slots=0)) == ["worse", "bad"]
+    # One free slot goes to "best" without preempting anyone.
+    assert names(preemption_victims(running, waiting, free_slots=1)) == ["worse"]
+    assert preemption_victims(running, [Item("x"), Item("y")], free_slots=0) == [], "unscored requests never preempt"
+    promoted = Item("promoted", -9.0)
+    promoted.ltr_state.promoted_steps_left = 3
+    assert preemption_victims([promoted], [Item("best", 9.0)], free_slots=0) == [], "the starvation band outranks any score"
+    assert names(preemption_victims([Item("low", 9.0, priority=1)], [Item("urgent", -9.0, priority=-1)], 0)) == ["low"]
+
+
 def test_the_queue_reranks_on_new_scores_prepends_and_due_promotions_only():
     guard = ordering.StarvationGuard(threshold_steps=4, quantum_steps=1)
     a, b, c = Item("a", 1.0), Item("b", 2.0), Item("c")
@@ -305,10 +319,32 @@ def test_short_requests_finish_first_with_the_hook(llm: LLM, fcfs: dict[str, Don
     assert {r: d.token_ids for r, d in ltr.items()} == {r: d.token_ids for r, d in fcfs.items()}
 
 
+def test_long_requests_admitted_before_their_scores_give_their_slots_to_short_ones(llm: LLM, fcfs: dict[str, Done], start_sidecar):
+    def run(preempt: bool) -> tuple[dict[str, Done], int]:
+        scheduler = install(llm, LTRScheduler, target=start_sidecar().target, preempt=preempt)
+
+        def scores_after_the_first_step(step: int, done: dict[str, Done]) -> None:
+            if step == 2:  # step 1 admitted long0 and short1 unscored, first come first served
+                assert scheduler.scorer.wait_idle(30)
+
+        submit(llm, MIXED)
+        return drive(llm, scores_after_the_first_step), scheduler.ltr_preemptions
+
+    kept, none = run(preempt=False)
+    preempted, count = run(preempt=True)
+    assert none == 0 and count >= 1
+    # long0 kept its slot without preemption: every short request but short1 waited for it.
+    assert mean_step(preempted, "short") < mean_step(kept, "short"), (mean_step(preempted, "short"), mean_step(kept, "short"))
+    assert max(d.step for r, d in preempted.items() if r.startswith("short")) < min(d.step for r, d in preempted.items() if r.startswith("long"))
+    assert {r: d.token_ids for r, d in preempted.items()} == {r: d.token_ids for r, d in fcfs.items()}, "recomputed, not changed"
+
+
 def test_the_starvation_guard_bounds_a_long_request_under_a_stream_of_short_ones(llm: LLM, start_sidecar):
     n, m, short_tokens = 6, 2, 3
     sidecar = start_sidecar()
-    scheduler = install(llm, LTRScheduler, target=sidecar.target, starvation_threshold=n, starvation_quantum=m)
+    # Without rank preemption, as stock vLLM: a promoted request, once
+    # admitted, runs to the end (with it, it would run m steps per promotion).
+    scheduler = install(llm, LTRScheduler, target=sidecar.target, starvation_threshold=n, starvation_quantum=m, preempt=False)
     submit(llm, [("long", ESSAY[0], LONG_TOKENS), ("short-0", BRIEF[0], short_tokens), ("short-1", BRIEF[1], short_tokens)])
     assert scheduler.scorer.wait_idle(30)
     shorts = [2]

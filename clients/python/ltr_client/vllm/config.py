@@ -28,6 +28,7 @@ ENV_VARS = {
     "breaker_failures": "LTR_BREAKER_FAILURES",
     "breaker_reset_s": "LTR_BREAKER_RESET_S",
     "enabled": "LTR_ENABLED",
+    "preempt": "LTR_PREEMPT",
     "lb_policy": "LTR_LB_POLICY",
     "tls_ca": "LTR_TLS_CA",
     "tls_client_cert": "LTR_TLS_CLIENT_CERT",
@@ -59,6 +60,10 @@ class LTRConfig:
     breaker_reset_s: float = 5.0
     # False: plain FCFS, no sidecar calls (an off switch that needs no relaunch flags).
     enabled: bool = True
+    # Preempt the worst-ranked running request when the batch is full and a
+    # better-ranked request waits (the paper's Algorithm 1). Off: vLLM's own
+    # rule, where a running request keeps its slot until it finishes.
+    preempt: bool = True
     # gRPC load balancing over the addresses the target resolves to. With one
     # address it behaves like pick_first; with a headless Service
     # (dns:///ltr-sidecar...:50051) it spreads calls over every ready replica.

@@ -151,6 +151,36 @@ def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Rank
     return Ranking(result, next_promotion)
 
 
+def _rank_key(item: Any) -> tuple[int, int, float] | None:
+    """The policy's sort key (priority, starvation band, -score); None for an unscored item."""
+    state = state_of(item)
+    if math.isnan(state.score):
+        return None
+    return (item.priority, 0 if state.promoted_steps_left > 0 else 1, -state.score)
+
+
+def preemption_victims(running: Sequence[T], waiting: Sequence[T], free_slots: int) -> list[T]:
+    """Running items to preempt so that better-ranked waiting items run instead.
+
+    The paper's Algorithm 1 re-ranks running and waiting requests together
+    every step; vLLM alone never preempts for order. The best `free_slots`
+    scored waiting items take the free slots; each further one, best first,
+    displaces the worst-ranked scored running item while it ranks strictly
+    better (priority, starvation band, score: the same key as the ordering).
+    Unscored items neither preempt nor get preempted, so with no scores this
+    returns nothing and scheduling is FCFS. A preempted long request idles and
+    the starvation guard promotes it in time, so it cannot be displaced forever.
+    """
+    challengers = sorted(k for k in (_rank_key(w) for w in waiting) if k is not None)[max(free_slots, 0) :]
+    defenders = sorted(((k, i) for i, r in enumerate(running) if (k := _rank_key(r)) is not None), reverse=True)
+    victims: list[T] = []
+    for challenger, (defender, index) in zip(challengers, defenders):
+        if not challenger < defender:
+            break
+        victims.append(running[index])
+    return victims
+
+
 def record_run(state: RankState, step: int) -> bool:
     """The request ran in `step`: its idle count restarts and it spends one step of any promotion.
 

@@ -15,14 +15,21 @@ preemption) and changes only *order*, at three points:
 3. after vLLM's `schedule`, the requests that ran get their starvation
    counters updated.
 
-vLLM keeps the scheduling it has always done: requests that are running are
-not preempted to let a better-ranked waiting request in (the paper's
-Algorithm 1 would); they run to completion unless KV memory runs out.
+With `preempt` on (the default), a full batch also gives way as in the
+paper's Algorithm 1: before vLLM schedules, the worst-ranked running requests
+are preempted (vLLM's own preemption: blocks freed, recomputed on resume) for
+better-ranked waiting ones (`ranking.preemption_victims`). This matters most
+right after a burst, when the first batch is admitted before any score has
+arrived: without it, long requests admitted unranked hold their slots to the
+end. With `preempt` off, running requests keep their slots until they finish
+unless KV memory runs out, as in stock vLLM.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -64,6 +71,8 @@ class LTRScheduler(Scheduler):
         self._running_stale = True
         self._running_next_promotion_step = ranking.NEVER
         self._warned_no_state = False
+        # Requests preempted for rank (not for KV memory), for tests and benchmarks.
+        self.ltr_preemptions = 0
         # The hook's queue is FCFS underneath and does priority and rank
         # itself. vLLM's PRIORITY branch would pick preemption victims by
         # (priority, arrival) alone, ignoring the rank, so the hook always
@@ -111,6 +120,8 @@ class LTRScheduler(Scheduler):
             self._apply_scores()
         self.waiting.rank(step, self._guard)
         self._rank_running(step)
+        if self.ltr_config.preempt and self.running:
+            self._preempt_for_rank(step)
         output = super().schedule(throttle_prefills)
         requests = self.requests
         for request_id in output.num_scheduled_tokens:
@@ -134,6 +145,26 @@ class LTRScheduler(Scheduler):
         self._running_tail = running[-1]
         self._running_stale = False
         self._running_next_promotion_step = result.next_promotion_step
+
+    def _preempt_for_rank(self, step: int) -> None:
+        """Preempt the running requests that better-ranked waiting ones should replace this step."""
+        # Only the queue's head can win a slot this step, and only requests
+        # that vLLM could schedule now (not waiting for a grammar or remote KV).
+        head = [
+            r
+            for r in itertools.islice(self.waiting, self.max_num_running_reqs)
+            if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+        ]
+        victims = ranking.preemption_victims(self.running, head, self.max_num_running_reqs - len(self.running))
+        now = time.monotonic()
+        for victim in victims:
+            if not self._request_blocks_can_be_freed(victim):
+                continue  # a KV connector may still write its blocks: leave it be
+            self.running.remove(victim)
+            self._preempt_request(victim, now, drop_stale_output=self.requires_kv_delivery)
+            self.ltr_preemptions += 1
+        if victims:
+            self.waiting.rank(step, self._guard)  # the victims are back in the queue: put them in their places
 
     def _apply_scores(self) -> None:
         assert self.scorer is not None
