@@ -92,6 +92,7 @@ def evaluate_bundle(
         rows = rows[:limit]
     if not rows:
         raise ValueError(f"{data}: the {split} split is empty")
+    counted = sum(1 for e in rows if e.output_tokens is not None)  # traces that carry their own counts
     rows = label_examples(rows, tokenizer_path)
     tokens = [e.output_tokens for e in rows]
     ranker = OnnxRanker(bundle)
@@ -105,7 +106,12 @@ def evaluate_bundle(
         "split": split,
         "split_settings": {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction},
         "prompts": len(rows),
-        "label": f"output tokens of {tokenizer_path.name} ({'bundle tokenizer' if not label_tokenizer else label_tokenizer})",
+        "label": (
+            "output_tokens recorded in the trace (the serving model's own tokenizer)"
+            if counted == len(rows)
+            else f"output tokens of {tokenizer_path.name} ({'bundle tokenizer' if not label_tokenizer else label_tokenizer})"
+            + (f"; {counted} rows carried their own output_tokens" if counted else "")
+        ),
         "median_output_tokens": float(np.median(tokens)),
         "ranker": rank_metrics(scores, tokens),
         "throughput_prompts_per_s": round(throughput, 1),
