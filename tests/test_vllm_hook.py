@@ -216,6 +216,7 @@ def test_priority_is_the_primary_key_and_the_guard_promotes_with_the_shared_poli
     result = rank(items, step=7, guard=guard)
     assert names(result.items) == ["urgent-unscored", "low", "high", "late"]
     assert items[0].ltr_state.promoted_steps_left == 2 and items[3].ltr_state.promoted_steps_left == 0
+    assert items[0].ltr_state.protected and not items[3].ltr_state.protected
     # Until "late" idles 5 steps (step 16), ranking again cannot change the order.
     assert result.next_promotion_step == 16
     assert rank(result.items, step=8, guard=guard).items is None
@@ -241,6 +242,8 @@ def test_better_ranked_waiting_requests_displace_the_worst_running_ones_beyond_t
     promoted = Item("promoted", -9.0)
     promoted.ltr_state.promoted_steps_left = 3
     assert preemption_victims([promoted], [Item("best", 9.0)], free_slots=0) == [], "the starvation band outranks any score"
+    promoted.ltr_state.promoted_steps_left, promoted.ltr_state.protected = 0, True
+    assert preemption_victims([promoted], [Item("best", 9.0)], free_slots=0) == [], "once promoted, it keeps its slot"
     assert names(preemption_victims([Item("low", 9.0, priority=1)], [Item("urgent", -9.0, priority=-1)], 0)) == ["low"]
 
 
@@ -339,12 +342,13 @@ def test_long_requests_admitted_before_their_scores_give_their_slots_to_short_on
     assert {r: d.token_ids for r, d in preempted.items()} == {r: d.token_ids for r, d in fcfs.items()}, "recomputed, not changed"
 
 
-def test_the_starvation_guard_bounds_a_long_request_under_a_stream_of_short_ones(llm: LLM, start_sidecar):
+@pytest.mark.parametrize("preempt", [False, True], ids=["vllm-preemption-only", "rank-preemption"])
+def test_the_starvation_guard_bounds_a_long_request_under_a_stream_of_short_ones(llm: LLM, start_sidecar, preempt: bool):
     n, m, short_tokens = 6, 2, 3
     sidecar = start_sidecar()
-    # Without rank preemption, as stock vLLM: a promoted request, once
-    # admitted, runs to the end (with it, it would run m steps per promotion).
-    scheduler = install(llm, LTRScheduler, target=sidecar.target, starvation_threshold=n, starvation_quantum=m, preempt=False)
+    # Once promoted, the long request keeps its slot to the end either way:
+    # with rank preemption it is protected from it after its m steps.
+    scheduler = install(llm, LTRScheduler, target=sidecar.target, starvation_threshold=n, starvation_quantum=m, preempt=preempt)
     submit(llm, [("long", ESSAY[0], LONG_TOKENS), ("short-0", BRIEF[0], short_tokens), ("short-1", BRIEF[1], short_tokens)])
     assert scheduler.scorer.wait_idle(30)
     shorts = [2]
@@ -362,10 +366,9 @@ def test_the_starvation_guard_bounds_a_long_request_under_a_stream_of_short_ones
 
     done = drive(llm, stream)
     # Promoted after N idle steps, the long request heads the queue and takes
-    # the first slot a short request frees (at most short_tokens steps later),
-    # then runs to completion: vLLM never preempts a running request for a
-    # waiting one. M only protects it as a preemption victim, which this
-    # KV-rich run never needs.
+    # the first slot a short request frees (at most short_tokens steps later;
+    # with rank preemption, at once), then runs to completion. M only
+    # protects it as a KV-pressure victim, which this KV-rich run never needs.
     bound = n + 1 + short_tokens + LONG_TOKENS
     assert done["long"].step <= bound, (done["long"].step, bound)
     first_step = done["long"].step - LONG_TOKENS + 1

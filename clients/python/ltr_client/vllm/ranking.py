@@ -46,6 +46,11 @@ class RankState:
     mark: int = 0
     # Executed steps left in the starvation guard's top band.
     promoted_steps_left: int = 0
+    # Set when the guard first promotes it: from then on it is never preempted
+    # for rank (KV pressure still can). Otherwise, with preemption on, a long
+    # request would run one quantum per promotion and wait out the threshold
+    # again in between, and the guard would bound nothing.
+    protected: bool = False
 
 
 _NO_STATE = RankState()
@@ -135,6 +140,8 @@ def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Rank
     if guard.enabled:
         for k in np.flatnonzero(promoted_after != promoted).tolist():
             sub_states[k].promoted_steps_left = int(promoted_after[k])
+            if promoted_after[k] > 0:
+                sub_states[k].protected = True
         unpromoted = promoted_after <= 0
         if unpromoted.any():
             # idle = step - 1 - mark reaches the threshold at step mark + threshold + 1.
@@ -159,6 +166,10 @@ def _rank_key(item: Any) -> tuple[int, int, float] | None:
     return (item.priority, 0 if state.promoted_steps_left > 0 else 1, -state.score)
 
 
+def _protected(item: Any) -> bool:
+    return state_of(item).protected
+
+
 def preemption_victims(running: Sequence[T], waiting: Sequence[T], free_slots: int) -> list[T]:
     """Running items to preempt so that better-ranked waiting items run instead.
 
@@ -168,11 +179,14 @@ def preemption_victims(running: Sequence[T], waiting: Sequence[T], free_slots: i
     displaces the worst-ranked scored running item while it ranks strictly
     better (priority, starvation band, score: the same key as the ordering).
     Unscored items neither preempt nor get preempted, so with no scores this
-    returns nothing and scheduling is FCFS. A preempted long request idles and
-    the starvation guard promotes it in time, so it cannot be displaced forever.
+    returns nothing and scheduling is FCFS. A preempted long request idles
+    until the starvation guard promotes it; once promoted it is `protected`
+    and keeps its slot to the end, so the guard's bound holds.
     """
     challengers = sorted(k for k in (_rank_key(w) for w in waiting) if k is not None)[max(free_slots, 0) :]
-    defenders = sorted(((k, i) for i, r in enumerate(running) if (k := _rank_key(r)) is not None), reverse=True)
+    defenders = sorted(
+        ((k, i) for i, r in enumerate(running) if (k := _rank_key(r)) is not None and not _protected(r)), reverse=True
+    )
     victims: list[T] = []
     for challenger, (defender, index) in zip(challengers, defenders):
         if not challenger < defender:
