@@ -13,8 +13,8 @@ fresh in-process vLLM engine each:
                 bundle served by a real `ltr-sidecar serve` process on
                 loopback, starvation guard at its defaults;
 - ltr-noguard:  the same with the starvation guard off (threshold 0);
-- ltr-nopreempt: the same with rank preemption off: a running request keeps
-                its slot until it finishes, as in stock vLLM;
+- ltr-preempt:  the same with rank preemption on (`preempt=true`): the worst-
+                ranked running request gives way to a better-ranked waiting one;
 - oracle:       vLLM's priority scheduling with priority = the true output
                 length: shortest job first without preemption (vLLM preempts
                 only when KV memory runs out), with perfect knowledge;
@@ -60,7 +60,7 @@ set_vllm_env()
 # vLLM logs dozens of lines per engine start; the benchmark's own lines are the ones to read.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
-POLICIES = ("fcfs", "ltr", "ltr-noguard", "ltr-nopreempt", "oracle", "bucket")
+POLICIES = ("fcfs", "ltr", "ltr-noguard", "ltr-preempt", "oracle", "bucket")
 # The synthetic budget when no FCFS burst runs to derive it from and --synthetic-budget-s is not given.
 NO_FCFS_BUDGET_S = 60.0
 WORKLOADS = ("burst", "online", "synthetic")
@@ -279,7 +279,7 @@ def make_policies(args: argparse.Namespace, target: str, bucket_priority: Callab
         # Guard settings left out: the hook's defaults (or LTR_STARVATION_* from the environment) apply.
         "ltr": Policy("ltr", "ltr_client.vllm.LTRScheduler", "fcfs", hook),
         "ltr-noguard": Policy("ltr-noguard", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "starvation_threshold": 0}),
-        "ltr-nopreempt": Policy("ltr-nopreempt", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "preempt": False}),
+        "ltr-preempt": Policy("ltr-preempt", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "preempt": True}),
         "oracle": Policy("oracle", None, "priority", priority=lambda r: r.max_tokens),
     }
     if bucket_priority is not None:

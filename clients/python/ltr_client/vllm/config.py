@@ -61,9 +61,11 @@ class LTRConfig:
     # False: plain FCFS, no sidecar calls (an off switch that needs no relaunch flags).
     enabled: bool = True
     # Preempt the worst-ranked running request when the batch is full and a
-    # better-ranked request waits (the paper's Algorithm 1). Off: vLLM's own
-    # rule, where a running request keeps its slot until it finishes.
-    preempt: bool = True
+    # better-ranked request waits (the paper's Algorithm 1). Off by default:
+    # measured on vLLM (benchmarks/README.md) it recomputes more than it
+    # gains, except for time to first token. Off is vLLM's own rule: a
+    # running request keeps its slot until it finishes.
+    preempt: bool = False
     # gRPC load balancing over the addresses the target resolves to. With one
     # address it behaves like pick_first; with a headless Service
     # (dns:///ltr-sidecar...:50051) it spreads calls over every ready replica.

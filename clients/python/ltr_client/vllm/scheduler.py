@@ -15,14 +15,15 @@ preemption) and changes only *order*, at three points:
 3. after vLLM's `schedule`, the requests that ran get their starvation
    counters updated.
 
-With `preempt` on (the default), a full batch also gives way as in the
+With `preempt` on (off by default), a full batch also gives way as in the
 paper's Algorithm 1: before vLLM schedules, the worst-ranked running requests
 are preempted (vLLM's own preemption: blocks freed, recomputed on resume) for
 better-ranked waiting ones (`ranking.preemption_victims`). This matters most
 right after a burst, when the first batch is admitted before any score has
 arrived: without it, long requests admitted unranked hold their slots to the
 end. With `preempt` off, running requests keep their slots until they finish
-unless KV memory runs out, as in stock vLLM.
+unless KV memory runs out, as in stock vLLM; on the CPU benchmark that was
+the better default (preemption's recomputation cost more than it gained).
 """
 
 from __future__ import annotations
