@@ -33,3 +33,13 @@ def test_cpu_is_chosen_when_no_gpu_provider_exists_and_unknown_providers_are_ref
     assert ranker.provider in choose_providers()
     with pytest.raises(ValueError, match="NoSuchExecutionProvider"):
         choose_providers(["NoSuchExecutionProvider"])
+
+
+def test_a_shorter_max_length_cuts_prompts_there_and_a_longer_one_is_refused(tiny_bundle, ranker):
+    short = OnnxRanker(tiny_bundle, max_length=4)
+    assert short.max_length == 4 and len(short.tokenize(["brief " * 50])[0]) == 4
+    # Words beyond the cut no longer count: "essay" after 4 tokens leaves the score as it was.
+    assert short.score_texts(["brief brief brief brief essay essay"])[0] == pytest.approx(short.score_texts(["brief brief brief brief"])[0], abs=1e-6)
+    assert ranker.score_texts(["brief brief brief brief essay essay"])[0] < ranker.score_texts(["brief brief brief brief"])[0]
+    with pytest.raises(ValueError, match="--max-length"):
+        OnnxRanker(tiny_bundle, max_length=ranker.bundle.max_length + 1)

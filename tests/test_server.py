@@ -185,6 +185,12 @@ def test_model_info_describes_the_serving_bundle(sidecar):
     assert info.default_guard.threshold_steps == 768
 
 
+def test_a_shorter_max_length_is_what_the_server_reads_and_reports(start_sidecar):
+    sidecar = start_sidecar(max_length=8)
+    assert sidecar.stub().ModelInfo(pb.ModelInfoRequest(), timeout=10).max_input_tokens == 8
+    assert sidecar.server.scorer.ranker.max_length == 8
+
+
 def test_standard_health_reports_serving_for_the_server_and_the_service(sidecar):
     health = health_pb2_grpc.HealthStub(sidecar.channel())
     for service in ("", "ltr.v1.RankerService"):

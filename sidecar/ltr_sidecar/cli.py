@@ -59,6 +59,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-queue", "most prompts waiting for the model; beyond it calls get RESOURCE_EXHAUSTED", int, 2048)
     a("--cache-size", "score cache entries, about 330 bytes each (0 disables the cache); raise it for a ranker shared by many engines", int, 16_384)
     a("--intra-op-threads", "ONNX Runtime threads per model call (0: one per core)", int, 0)
+    a("--max-length", "prompt tokens the model reads, at most the bundle's max_length (0: the bundle's); fewer is faster "
+      "at a small cost in accuracy (default bundle on 2 CPU cores: 112 instead of 128 scores 108 instead of 98 prompts/s, tau-b 0.4245 instead of 0.4256)", int, 0)
     a("--max-items", "most items per Score call and candidates per NextBatch call", int, 8192)
     a("--max-prompt-bytes", "longest prompt accepted, in UTF-8 bytes (prompts are truncated to the model's max tokens)", int, 1 << 20)
     a("--max-message-bytes", "largest gRPC message, either way", int, 64 << 20)
@@ -96,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             cache_size=args.cache_size,
             intra_op_threads=args.intra_op_threads,
+            max_length=args.max_length,
             limits=Limits(args.max_items, args.max_prompt_bytes, args.max_message_bytes),
             guard=StarvationGuard(args.starvation_threshold, args.starvation_quantum),
             tls_cert=args.tls_cert,
@@ -272,6 +275,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     a("--no-baselines", dest="baselines", action="store_false", help="skip the baselines")
     a("--label-tokenizer", default=None, help="tokenizer.json that counts output tokens (default: the bundle's)")
     a("--batch-size", type=int, default=32, help="prompts per model call")
+    a("--max-length", type=int, default=0, help="prompt tokens the model reads, at most the bundle's (0: the bundle's), as `serve --max-length`")
     a("--limit", type=int, default=0, help="score only the first N rows of the split (0 = all)")
     a("--out", type=Path, default=None, help="also write the results as JSON here")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -289,7 +293,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
             return 2
         try:
             result = evaluate_bundle(args.bundle, args.data, args.split, args.baselines, args.baseline_data,
-                                     args.label_tokenizer, args.batch_size, args.limit, args.progress)
+                                     args.label_tokenizer, args.batch_size, args.limit, args.progress, args.max_length)
         except (ValueError, FileNotFoundError) as e:
             log.error("cannot evaluate: %s", e)
             return 2

@@ -35,6 +35,7 @@ class ServerConfig:
     # costs about 330 bytes, so 16k stay under 6 MiB.
     cache_size: int = 16_384
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (all cores)
+    max_length: int = 0  # prompt tokens the model reads; 0: the bundle's max_length
     limits: Limits = field(default_factory=Limits)
     guard: StarvationGuard = field(default_factory=StarvationGuard)
     tls_cert: Path | None = None

@@ -66,9 +66,16 @@ def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
 class OnnxRanker:
     """Scores prompts with a bundle's model: higher score = shorter predicted output."""
 
-    def __init__(self, bundle: Bundle | str | Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0):
+    def __init__(
+        self, bundle: Bundle | str | Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0, max_length: int = 0
+    ):
+        """`max_length` (0: the bundle's) cuts prompts shorter than the bundle does: the model's cost
+        grows with the tokens it reads, so this trades a little accuracy for speed. It cannot exceed
+        the bundle's, which is what the model was trained and evaluated on."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.max_length = self.bundle.max_length
+        if max_length < 0 or max_length > self.bundle.max_length:
+            raise ValueError(f"--max-length: {max_length} is outside [0, {self.bundle.max_length}] (the bundle's max_length)")
+        self.max_length = max_length or self.bundle.max_length
         self.tokenizer = load_tokenizer(self.bundle.tokenizer_path, self.max_length)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads

@@ -68,7 +68,7 @@ class SidecarServer:
     @classmethod
     async def start(cls, config: ServerConfig, ranker: OnnxRanker | None = None) -> SidecarServer:
         """Load the model (unless given), bind, and start serving. Raises if the bundle is bad or the port taken."""
-        ranker = ranker or OnnxRanker(config.model, config.providers or None, config.intra_op_threads)
+        ranker = ranker or OnnxRanker(config.model, config.providers or None, config.intra_op_threads, config.max_length)
         metrics = Metrics()
         scorer = Scorer(
             ranker,

@@ -134,7 +134,7 @@ class RankerServicer:
             name=bundle.name,
             version=bundle.version,
             model_sha256=bundle.model_sha256,
-            max_input_tokens=bundle.max_length,
+            max_input_tokens=ranker.max_length,
             execution_provider=ranker.provider,
             evaluation=bundle.evaluation,
             license=bundle.license,

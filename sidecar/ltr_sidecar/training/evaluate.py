@@ -76,6 +76,7 @@ def evaluate_bundle(
     batch_size: int = 32,
     limit: int = 0,
     progress: bool = True,
+    max_length: int = 0,
 ) -> dict[str, Any]:
     """Kendall tau-b and Spearman of a bundle on `split` of `data` (``test``, ``val`` or ``all``), with baselines.
 
@@ -95,7 +96,7 @@ def evaluate_bundle(
     counted = sum(1 for e in rows if e.output_tokens is not None)  # traces that carry their own counts
     rows = label_examples(rows, tokenizer_path)
     tokens = [e.output_tokens for e in rows]
-    ranker = OnnxRanker(bundle)
+    ranker = OnnxRanker(bundle, max_length=max_length)
     prompts = [e.prompt for e in rows]
     scores, first = score_bundle(ranker, prompts, batch_size, progress)
     # Best of two passes: the one least disturbed by other work on the machine.
