@@ -121,7 +121,7 @@ class LTRScheduler(Scheduler):
             self._apply_scores()
         self.waiting.rank(step, self._guard)
         self._rank_running(step)
-        if self.ltr_config.preempt and self.running:
+        if self.ltr_config.preempt and self.running and self.waiting:
             self._preempt_for_rank(step)
         output = super().schedule(throttle_prefills)
         requests = self.requests
