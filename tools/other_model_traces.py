@@ -58,16 +58,22 @@ def convert(out: Path) -> None:
     print(f"wrote {out}")
 
 
+def _test_split(seed: int) -> list:
+    """The ShareGPT test split with the fractions `ltr-sidecar train` uses by default."""
+    from ltr_sidecar.training.sharegpt import iter_sharegpt, split_examples
+
+    return list(split_examples(iter_sharegpt(), seed=seed, val_fraction=0.1, test_fraction=0.2).test)
+
+
 def generate(model: Path, out: Path, limit: int, max_tokens: int, max_prompt_tokens: int, seed: int,
              max_num_seqs: int, temperature: float, top_p: float, repetition_penalty: float) -> None:
     for key, value in {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
                        "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_TARGET_DEVICE": "cpu"}.items():
         os.environ.setdefault(key, value)
     sys.path.insert(0, str(ROOT / "sidecar"))
-    from ltr_sidecar.training.sharegpt import iter_sharegpt, split_examples
     from vllm import LLM, SamplingParams
 
-    test = split_examples(iter_sharegpt(), seed=seed, val_fraction=0.1, test_fraction=0.2).test
+    test = _test_split(seed)
     llm = LLM(model=str(model), dtype="float32", max_model_len=max_prompt_tokens + max_tokens, max_num_seqs=max_num_seqs, seed=seed)
     tokenizer = llm.get_tokenizer()
     chosen = []
@@ -97,10 +103,9 @@ def compare(trace: Path, bundle: Path, seed: int) -> dict:
     from ltr_sidecar.ranker import OnnxRanker
     from ltr_sidecar.training.dataset import label_examples
     from ltr_sidecar.training.metrics import rank_metrics
-    from ltr_sidecar.training.sharegpt import iter_sharegpt, split_examples
 
     rows = [json.loads(line) for line in trace.read_text(encoding="utf-8").splitlines() if line.strip()]
-    test = {e.id: e for e in split_examples(iter_sharegpt(), seed=seed, val_fraction=0.1, test_fraction=0.2).test}
+    test = {e.id: e for e in _test_split(seed)}
     ranker = OnnxRanker(bundle)
     sharegpt = label_examples([test[r["id"]] for r in rows], ranker.bundle.tokenizer_path)
     scores = ranker.score_texts([r["prompt"] for r in rows])
