@@ -51,6 +51,17 @@ def test_next_batch_over_rpc_matches_the_shared_policy_run_locally(sidecar):
     assert not remote.fallback
     assert remote.order == local.order.tolist() and remote.num_scheduled == local.num_scheduled
     assert remote.preempted == local.preempted.tolist() and remote.idle_steps == local.idle_steps.tolist()
+    assert remote.protected == local.protected.tolist() == [False, False, True, False]
+
+
+def test_the_protected_flag_round_trips_through_the_client(sidecar):
+    # "long" was promoted earlier and is running; the better-ranked "short" must not displace it.
+    cands = [Candidate("long", score=-5.0, running=True, protected=True), Candidate("short", score=5.0)]
+    with RankerClient(sidecar.target) as client:
+        batch = client.next_batch(cands, max_num_seqs=1, max_num_batched_tokens=100)
+    assert not batch.fallback
+    assert batch.scheduled == [0] and batch.preempted == [] and batch.protected == [True, False]
+    assert fcfs_batch(cands, 1, 100).protected == [True, False]
 
 
 def test_prompts_in_next_batch_are_scored_by_the_sidecar(sidecar):

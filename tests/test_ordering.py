@@ -117,6 +117,63 @@ def test_long_request_finishes_within_the_bound_the_guard_implies():
     assert step < cycles * (guard.threshold_steps + guard.quantum_steps) + 1
 
 
+def test_promotion_protects_a_running_candidate_from_rank_preemption_after_its_quantum():
+    guard = StarvationGuard(threshold_steps=3, quantum_steps=1)
+    c = Candidates.build(scores=[-10.0, 5.0], running=[False, True], idle_steps=[3, 0])
+    d = next_batch(c, max_num_seqs=1, max_num_batched_tokens=100, guard=guard)
+    assert d.scheduled.tolist() == [0] and d.protected.tolist() == [True, False]
+    assert d.promoted_steps_left.tolist() == [0, 0]  # its one-step quantum is spent
+    # Next step it is running, its quantum is over, and a better-ranked request waits: it keeps its slot.
+    c = Candidates.build(
+        scores=[-10.0, 5.0], running=[True, False], idle_steps=d.idle_steps, promoted_steps_left=d.promoted_steps_left,
+        protected=d.protected,
+    )
+    d = next_batch(c, max_num_seqs=1, max_num_batched_tokens=100, guard=guard)
+    assert d.scheduled.tolist() == [0] and d.preempted.tolist() == []
+
+
+def test_protected_candidate_that_is_waiting_ranks_by_score_again():
+    # Protection keeps a running request running; a waiting one (preempted by the budget) competes as usual.
+    c = Candidates.build(scores=[-10.0, 5.0], protected=[True, False])
+    assert next_batch(c, 1, 100, NO_GUARD).scheduled.tolist() == [1]
+
+
+def test_promoted_long_request_runs_to_completion_among_a_stream_of_better_ranked_arrivals():
+    """An engine with one slot: once promoted, the long job is never preempted for rank, so it finishes at threshold + work."""
+    guard = StarvationGuard(threshold_steps=20, quantum_steps=2)
+    work = 10  # steps the long job needs
+    queue = {"long": {"score": -100.0}}
+    running: str | None = None
+    next_short, long_done_at, long_preempted_after_promotion = 0, None, False
+    for step in range(300):
+        for _ in range(2):  # short arrivals that always outrank it: the queue never drains
+            queue[f"s{next_short}"] = {"score": float(next_short % 7)}
+            next_short += 1
+        ids = list(queue)
+        field = lambda name, default: [queue[i].get(name, default) for i in ids]  # noqa: E731
+        c = Candidates.build(
+            scores=field("score", 0.0), running=[i == running for i in ids], idle_steps=field("idle", 0),
+            promoted_steps_left=field("promoted", 0), protected=field("protected", False),
+        )
+        d = next_batch(c, max_num_seqs=1, max_num_batched_tokens=100, guard=guard)
+        for k, rid in enumerate(ids):
+            queue[rid].update(idle=int(d.idle_steps[k]), promoted=int(d.promoted_steps_left[k]), protected=bool(d.protected[k]))
+        if any(ids[k] == "long" for k in d.preempted) and queue["long"]["protected"]:
+            long_preempted_after_promotion = True
+        running = ids[int(d.scheduled[0])]
+        if running == "long":
+            work -= 1
+            if work == 0:
+                long_done_at = step
+                break
+        else:
+            del queue[running]  # a short job finishes in one step
+            running = None
+    assert not long_preempted_after_promotion
+    # It idles `threshold` steps, then runs its 10 steps back to back (not 2 per promotion).
+    assert long_done_at == guard.threshold_steps + 10 - 1
+
+
 def test_non_positive_budget_is_rejected():
     with pytest.raises(ValueError):
         next_batch(Candidates.build(scores=[1.0]), 0, 10)

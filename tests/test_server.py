@@ -131,6 +131,36 @@ def test_next_batch_is_stateless_counters_round_trip_through_the_caller(start_si
     assert ran_long == [False, False, True, False]
 
 
+def test_a_promoted_running_request_stays_protected_through_replicas_in_both_encodings(start_sidecar):
+    # The protected flag travels with the candidate like the counters do; replica 0 gets
+    # one message per candidate, replica 1 columns, so both decoders are exercised.
+    replicas = [start_sidecar(), start_sidecar()]
+    guard = pb.StarvationGuard(threshold_steps=2, quantum_steps=1)
+    ids, scores = ["long", "short"], [-5.0, 5.0]
+    running, idle, promoted, protected = [False, True], [0, 0], [0, 0], [False, False]
+    ran_long, flags = [], []
+    for step in range(5):
+        if step % 2 == 0:
+            cands = [
+                pb.Candidate(request_id=ids[i], score=scores[i], running=running[i], idle_steps=idle[i],
+                             promoted_steps_left=promoted[i], protected=protected[i])
+                for i in range(2)
+            ]
+            req = pb.NextBatchRequest(candidates=cands, budget=budget(seqs=1), guard=guard)
+        else:
+            cols = pb.CandidateColumns(request_ids=ids, scores=scores, running=running, idle_steps=idle,
+                                       promoted_steps_left=promoted, protected=protected)
+            req = pb.NextBatchRequest(columns=cols, budget=budget(seqs=1), guard=guard)
+        resp = replicas[step % 2].stub().NextBatch(req, timeout=10)
+        idle, promoted, protected = list(resp.idle_steps), list(resp.promoted_steps_left), list(resp.protected)
+        running = [i in resp.order[: resp.num_scheduled] for i in range(2)]
+        ran_long.append(running[0])
+        flags.append(protected[0])
+    # Promoted at step 2 for a one-step quantum; protected, it keeps running after the quantum ends.
+    assert ran_long == [False, False, True, True, True]
+    assert flags == [False, False, True, True, True]
+
+
 def test_columns_give_the_same_decision_as_one_message_per_candidate(sidecar):
     stub = sidecar.stub()
     rows = [("a", 0.5, True, 1, 0, 0), ("b", 2.0, False, 30, 1, 0), ("c", -1.0, False, 20, 0, 800), ("d", 1.0, True, 1, 0, 0)]

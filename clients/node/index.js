@@ -199,6 +199,7 @@ export function serviceConfig(maxAttempts = 3) {
  * @property {number} [priority] explicit user priority, lower first (default 0)
  * @property {number} [idleSteps] starvation counter from the previous nextBatch (default 0)
  * @property {number} [promotedStepsLeft] starvation counter from the previous nextBatch (default 0)
+ * @property {boolean} [protected] from the previous nextBatch: promoted once, so never preempted for rank while running
  */
 
 /**
@@ -221,6 +222,7 @@ export function serviceConfig(maxAttempts = 3) {
  * @property {number[]} preempted running candidates that did not fit
  * @property {number[]} idleSteps updated counters, in candidate order: send them back next step
  * @property {number[]} promotedStepsLeft updated counters, in candidate order
+ * @property {boolean[]} protected in candidate order: send back as each candidate's `protected`
  * @property {number[]} scores the score used per candidate (NaN when unscored; all NaN on fallback)
  * @property {number[]} unscored indices of candidates that had no score
  * @property {string | null} modelVersion null on fallback
@@ -269,8 +271,8 @@ const i32 = (/** @type {unknown} */ x) => clampInt(x, -0x80000000, 0x7fffffff, 0
 
 /**
  * The fallback decision, computed locally: explicit priority, then arrival order, within the budget.
- * No scores and no starvation guard; candidates already promoted keep their band, as in the
- * Python client's fcfs_batch.
+ * No scores and no starvation guard; candidates already promoted, and protected ones that are
+ * running, keep the top band, as in the Python client's fcfs_batch.
  * @param {Candidate[]} candidates in arrival order
  * @param {Budget} budget
  * @returns {Batch}
@@ -281,8 +283,10 @@ export function fcfsBatch(candidates, budget) {
   const maxTokens = Math.max(1, u32(budget?.maxNumBatchedTokens, 1));
   const priority = candidates.map((c) => i32(c.priority));
   const promoted = candidates.map((c) => u32(c.promotedStepsLeft, 0));
+  const isProtected = candidates.map((c) => Boolean(c.protected));
+  const band = candidates.map((c, i) => (promoted[i] > 0 || (isProtected[i] && c.running) ? 0 : 1));
   const order = Array.from({ length: n }, (_, i) => i).sort(
-    (a, b) => priority[a] - priority[b] || (promoted[a] > 0 ? 0 : 1) - (promoted[b] > 0 ? 0 : 1) || a - b,
+    (a, b) => priority[a] - priority[b] || band[a] - band[b] || a - b,
   );
   // The prefix is strict: a candidate that does not fit ends the batch.
   let numScheduled = 0;
@@ -303,6 +307,7 @@ export function fcfsBatch(candidates, budget) {
     preempted: order.slice(numScheduled).filter((i) => Boolean(candidates[i].running)),
     idleSteps: candidates.map((c, i) => (isScheduled[i] ? 0 : u32(c.idleSteps, 0) + 1)),
     promotedStepsLeft: promoted.map((p, i) => (isScheduled[i] && p > 0 ? p - 1 : p)),
+    protected: isProtected,
     scores: new Array(n).fill(NaN),
     unscored: Array.from({ length: n }, (_, i) => i),
     modelVersion: null,
@@ -328,8 +333,9 @@ function nextBatchRequest(candidates, budget, guard) {
   const priorities = new Array(n);
   const idleSteps = new Array(n);
   const promoted = new Array(n);
+  const isProtected = new Array(n);
   let anyScore = false, anyPrompt = false, anyRunning = false, anyTokens = false;
-  let anyPriority = false, anyIdle = false, anyPromoted = false;
+  let anyPriority = false, anyIdle = false, anyPromoted = false, anyProtected = false;
   for (let i = 0; i < n; i++) {
     const c = candidates[i];
     requestIds[i] = String(c.requestId ?? '');
@@ -348,6 +354,8 @@ function nextBatchRequest(candidates, budget, guard) {
     anyIdle ||= idleSteps[i] !== 0;
     promoted[i] = u32(c.promotedStepsLeft, 0);
     anyPromoted ||= promoted[i] !== 0;
+    isProtected[i] = Boolean(c.protected);
+    anyProtected ||= isProtected[i];
   }
   /** @type {Record<string, unknown>} */
   const request = {
@@ -360,6 +368,7 @@ function nextBatchRequest(candidates, budget, guard) {
       priorities: anyPriority ? priorities : [],
       idle_steps: anyIdle ? idleSteps : [],
       promoted_steps_left: anyPromoted ? promoted : [],
+      protected: anyProtected ? isProtected : [],
     },
     budget: {
       max_num_seqs: u32(budget?.maxNumSeqs, 0),
@@ -464,6 +473,7 @@ export class RankerClient {
       preempted: resp.preempted,
       idleSteps: resp.idle_steps,
       promotedStepsLeft: resp.promoted_steps_left,
+      protected: resp.protected,
       scores: resp.scores,
       unscored: resp.unscored,
       modelVersion: resp.model_version,

@@ -121,6 +121,7 @@ class RankerServicer:
             preempted=decision.preempted.tolist(),
             idle_steps=decision.idle_steps.tolist(),
             promoted_steps_left=decision.promoted_steps_left.tolist(),
+            protected=decision.protected.tolist(),
             scores=candidates.scores.tolist(),
             unscored=np.flatnonzero(np.isnan(candidates.scores)).tolist(),
             model_version=self.model_version,
@@ -221,6 +222,7 @@ class RankerServicer:
         priority = np.zeros(n, dtype=np.int64)
         idle = np.zeros(n, dtype=np.int64)
         promoted = np.zeros(n, dtype=np.int64)
+        protected = np.zeros(n, dtype=bool)
         to_score: list[tuple[int, ScoreInput]] = []
         seen: set[str] = set()
         for i, c in enumerate(cands):
@@ -243,7 +245,8 @@ class RankerServicer:
                 priority[i] = c.priority
             idle[i] = c.idle_steps
             promoted[i] = c.promoted_steps_left
-        return Candidates(scores, running, num_tokens, priority, idle, promoted), to_score
+            protected[i] = c.protected
+        return Candidates(scores, running, num_tokens, priority, idle, promoted, protected), to_score
 
     def _from_columns(self, cols: pb.CandidateColumns) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
         ids = list(cols.request_ids)
@@ -284,5 +287,6 @@ class RankerServicer:
             priority=column("priorities", np.int64, 0),
             idle_steps=column("idle_steps", np.int64, 0),
             promoted_steps_left=column("promoted_steps_left", np.int64, 0),
+            protected=column("protected", bool, False),
         )
         return candidates, to_score

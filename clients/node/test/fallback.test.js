@@ -35,6 +35,18 @@ test('fcfsBatch: the prefix is strict and promoted candidates keep their band', 
   assert.deepEqual(fcfsBatch([], { maxNumSeqs: 1, maxNumBatchedTokens: 1 }).order, []);
 });
 
+test('fcfsBatch: a protected running candidate keeps the top band; a protected waiting one does not', () => {
+  const cands = [
+    { requestId: 'a' },
+    { requestId: 'b', protected: true },
+    { requestId: 'c', running: true, protected: true },
+  ];
+  const batch = fcfsBatch(cands, { maxNumSeqs: 1, maxNumBatchedTokens: 10 });
+  assert.deepEqual(batch.order, [2, 0, 1]);
+  assert.deepEqual(batch.preempted, []);
+  assert.deepEqual(batch.protected, [false, true, true]);
+});
+
 test('CircuitBreaker opens after the threshold and lets one trial through after the reset period', () => {
   let now = 0;
   const breaker = new CircuitBreaker({ failureThreshold: 2, resetAfterMs: 100, clock: () => now });

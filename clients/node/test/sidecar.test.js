@@ -57,6 +57,7 @@ describe('against a live sidecar', { skip: TARGET ? false : 'LTR_SIDECAR_TARGET 
     assert.deepEqual(guarded.preempted, [0, 3]);
     assert.deepEqual(guarded.idleSteps, [1, 1, 0, 1]);
     assert.deepEqual(guarded.promotedStepsLeft, [0, 0, 31, 0]);
+    assert.deepEqual(guarded.protected, [false, false, true, false]);
     assert.deepEqual(guarded.scores, [0.5, 2.0, -1.0, 1.0]);
     assert.deepEqual(guarded.unscored, []);
     assert.match(guarded.modelVersion, /^tiny-test-ranker@/);
@@ -66,6 +67,18 @@ describe('against a live sidecar', { skip: TARGET ? false : 'LTR_SIDECAR_TARGET 
     assert.equal(plain.numScheduled, 2);
     assert.deepEqual(plain.preempted, [3]);
     assert.deepEqual(plain.promotedStepsLeft, [0, 0, 0, 0]);
+  });
+
+  test('NextBatch: a protected running candidate keeps its slot against a better-ranked one', async () => {
+    const cands = [
+      { requestId: 'long', score: -5.0, running: true, protected: true },
+      { requestId: 'short', score: 5.0 },
+    ];
+    const batch = await client.nextBatch(cands, { maxNumSeqs: 1, maxNumBatchedTokens: 100 });
+    assert.equal(batch.fallback, false, String(batch.error));
+    assert.deepEqual(batch.scheduled, [0]);
+    assert.deepEqual(batch.preempted, []);
+    assert.deepEqual(batch.protected, [true, false]);
   });
 
   test('NextBatch: prompt candidates are scored by the sidecar; bare ones stay unscored', async () => {

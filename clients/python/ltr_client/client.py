@@ -67,6 +67,7 @@ class Candidate:
     priority: int = 0
     idle_steps: int = 0
     promoted_steps_left: int = 0
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Batch:
     preempted: list[int]
     idle_steps: list[int]
     promoted_steps_left: list[int]
+    protected: list[bool]
     model_version: str | None
     fallback: bool
 
@@ -116,6 +118,7 @@ def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batch
         priority=[c.priority for c in candidates],
         idle_steps=[c.idle_steps for c in candidates],
         promoted_steps_left=[c.promoted_steps_left for c in candidates],
+        protected=[c.protected for c in candidates],
     )
     d = ordering.next_batch(cols, max(1, max_num_seqs), max(1, max_num_batched_tokens), ordering.StarvationGuard(0, 0))
     return Batch(
@@ -124,6 +127,7 @@ def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batch
         preempted=d.preempted.tolist(),
         idle_steps=d.idle_steps.tolist(),
         promoted_steps_left=d.promoted_steps_left.tolist(),
+        protected=d.protected.tolist(),
         model_version=None,
         fallback=True,
     )
@@ -169,6 +173,8 @@ class _Core:
             idle_steps=[c.idle_steps for c in candidates],
             promoted_steps_left=[c.promoted_steps_left for c in candidates],
         )
+        if any(c.protected for c in candidates):
+            cols.protected.extend([c.protected for c in candidates])
         if any(c.prompt for c in candidates):
             cols.prompts.extend([c.prompt or "" for c in candidates])
         req = pb.NextBatchRequest(
@@ -186,6 +192,7 @@ class _Core:
             preempted=list(resp.preempted),
             idle_steps=list(resp.idle_steps),
             promoted_steps_left=list(resp.promoted_steps_left),
+            protected=list(resp.protected),
             model_version=resp.model_version,
             fallback=False,
         )

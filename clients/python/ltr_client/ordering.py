@@ -14,14 +14,19 @@ preempted. Sort key, most significant first:
 
 Starvation guard (vllm-ltr's): a candidate left out for `threshold_steps`
 consecutive steps is promoted to the top band for its next `quantum_steps`
-executed steps. The counters travel with the candidates, so the policy keeps
-no state between calls. Both the engine hooks and the sidecar's
+executed steps. Promotion also makes it `protected`: while it runs it stays in
+the top band, so it is never preempted for rank again (only the budget can
+push it out). Without that, a long request would run one quantum, be
+preempted by the next better-ranked arrival, wait out the threshold again,
+and the guard would bound nothing. The counters and the flag travel with the
+candidates, so the policy keeps no state between calls. Both the engine hooks and the sidecar's
 NextBatch RPC call `next_batch`, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,6 +62,7 @@ class Candidates:
     priority: np.ndarray  # int, lower first
     idle_steps: np.ndarray  # int
     promoted_steps_left: np.ndarray  # int
+    protected: np.ndarray | None = None  # bool; None = no candidate is protected
 
     @classmethod
     def build(
@@ -67,6 +73,7 @@ class Candidates:
         priority: list[int] | np.ndarray | None = None,
         idle_steps: list[int] | np.ndarray | None = None,
         promoted_steps_left: list[int] | np.ndarray | None = None,
+        protected: list[bool] | np.ndarray | None = None,
     ) -> Candidates:
         """Columns from lists; omitted columns take their defaults (waiting, 1 token, priority 0, fresh counters)."""
         n = len(scores)
@@ -81,7 +88,11 @@ class Candidates:
             priority=col(priority, np.int64, 0),
             idle_steps=col(idle_steps, np.int64, 0),
             promoted_steps_left=col(promoted_steps_left, np.int64, 0),
+            protected=col(protected, bool, False),
         )
+
+    def protected_mask(self) -> np.ndarray:
+        return np.zeros(len(self), dtype=bool) if self.protected is None else np.asarray(self.protected, dtype=bool)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -94,26 +105,35 @@ class Decision:
     preempted: np.ndarray  # indices of running candidates outside the scheduled prefix
     idle_steps: np.ndarray  # updated counters, in candidate order
     promoted_steps_left: np.ndarray
+    protected: np.ndarray  # bool, in candidate order: promoted at some point
 
     @property
     def scheduled(self) -> np.ndarray:
         return self.order[: self.num_scheduled]
 
 
-def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate indices, highest priority first, and each candidate's promoted-steps quantum."""
+class Priority(NamedTuple):
+    order: np.ndarray  # candidate indices, highest priority first
+    promoted_steps_left: np.ndarray  # after this step's promotions, in candidate order
+    protected: np.ndarray  # bool, after this step's promotions, in candidate order
+
+
+def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) -> Priority:
+    """Candidate indices, highest priority first, with each candidate's guard state after this step's promotions."""
     promoted_left = c.promoted_steps_left.copy()
+    protected = c.protected_mask().copy()
     if guard.enabled:
         newly = (promoted_left <= 0) & (c.idle_steps >= guard.threshold_steps)
         promoted_left[newly] = guard.quantum_steps
-    band = np.where(promoted_left > 0, 0, 1)
+        protected |= newly
+    band = np.where((promoted_left > 0) | (protected & c.running), 0, 1)
     # Negated so that ascending sort puts high scores first; unscored sort last.
     score_key = np.where(np.isnan(c.scores), np.inf, -c.scores)
     score_key[band == 0] = 0.0
     arrival = np.arange(len(c))
     # lexsort: the last key is the most significant.
     order = np.lexsort((arrival, score_key, band, c.priority))
-    return order, promoted_left
+    return Priority(order, promoted_left, protected)
 
 
 def next_batch(
@@ -129,7 +149,7 @@ def next_batch(
     """
     if max_num_seqs <= 0 or max_num_batched_tokens <= 0:
         raise ValueError("the budget must be positive")
-    order, promoted_left = priority_order(c, guard)
+    order, promoted_left, protected = priority_order(c, guard)
     tokens = np.maximum(c.num_tokens[order], 1)
     fits = (np.arange(1, len(c) + 1) <= max_num_seqs) & (np.cumsum(tokens) <= max_num_batched_tokens)
     num_scheduled = int(np.argmin(fits)) if not fits.all() else len(c)
@@ -139,4 +159,4 @@ def next_batch(
     preempted = order[num_scheduled:][c.running[order[num_scheduled:]]]
     idle = np.where(scheduled, 0, c.idle_steps + 1)
     promoted_left = np.where(scheduled & (promoted_left > 0), promoted_left - 1, promoted_left)
-    return Decision(order, num_scheduled, preempted, idle, promoted_left)
+    return Decision(order, num_scheduled, preempted, idle, promoted_left, protected)

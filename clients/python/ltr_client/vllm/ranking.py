@@ -135,7 +135,8 @@ def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Rank
         idle_steps=np.maximum(step - 1 - marks, 0),
         promoted_steps_left=promoted,
     )
-    order_arr, promoted_after = ordering.priority_order(candidates, guard)
+    ranked = ordering.priority_order(candidates, guard)
+    order_arr, promoted_after = ranked.order, ranked.promoted_steps_left
     next_promotion = NEVER
     if guard.enabled:
         for k in np.flatnonzero(promoted_after != promoted).tolist():
