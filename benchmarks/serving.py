@@ -12,9 +12,13 @@ fresh in-process vLLM engine each:
 - ltr:          the LTR hook (`ltr_client.vllm.LTRScheduler`) with the ranker
                 bundle served by a real `ltr-sidecar serve` process on
                 loopback, starvation guard at its defaults;
-- ltr-noguard:  the same with the starvation guard off (threshold 0);
+- ltr-noguard:  the same with the starvation guard off (no promotions);
 - ltr-preempt:  the same with rank preemption on (`preempt=true`): the worst-
                 ranked running request gives way to a better-ranked waiting one;
+- ltr-fair:     the same with the guard's overtake trigger on as well
+                (`starvation_overtakes` = 2 x --max-num-seqs): a request is
+                promoted once that many later arrivals have started before it,
+                which bounds its wait relative to FCFS at any load;
 - oracle:       vLLM's priority scheduling with priority = the true output
                 length: shortest job first without preemption (vLLM preempts
                 only when KV memory runs out), with perfect knowledge;
@@ -60,7 +64,7 @@ set_vllm_env()
 # vLLM logs dozens of lines per engine start; the benchmark's own lines are the ones to read.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
-POLICIES = ("fcfs", "ltr", "ltr-noguard", "ltr-preempt", "oracle", "bucket")
+POLICIES = ("fcfs", "ltr", "ltr-noguard", "ltr-preempt", "ltr-fair", "oracle", "bucket")
 # The synthetic budget when no FCFS burst runs to derive it from and --synthetic-budget-s is not given.
 NO_FCFS_BUDGET_S = 60.0
 WORKLOADS = ("burst", "online", "synthetic")
@@ -137,7 +141,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--guard-sweep",
         default="",
-        help="extra LTR runs with these starvation guards, THRESHOLD:QUANTUM pairs separated by commas, on the online workload at the highest rate",
+        help="extra LTR runs with these starvation guards, on the burst and on the online workload at the highest rate: "
+        "THRESHOLD:QUANTUM[:OVERTAKES] triples separated by commas (the hook's starvation_threshold, _quantum and _overtakes; 0 = off)",
     )
     g.add_argument("--bucket-train-examples", type=int, default=0, help="fit the bucket classifier on the first N train examples (0: all)")
 
@@ -182,9 +187,11 @@ def _names(text: str, known: Sequence[str], flag: str) -> list[str]:
     return [n for n in known if n in names]  # fcfs first: the others' figures and the capacity need it
 
 
-def _guard(pair: str) -> tuple[int, int]:
-    threshold, _, quantum = pair.partition(":")
-    return int(threshold), int(quantum or 0)
+def _guard(spec: str) -> tuple[int, int, int]:
+    parts = [int(x) if x.strip() else 0 for x in spec.split(":")]
+    if not 1 <= len(parts) <= 3 or min(parts) < 0:
+        raise SystemExit(f"--guard-sweep: {spec!r} is not THRESHOLD:QUANTUM[:OVERTAKES] with non-negative integers")
+    return (parts + [0, 0])[0], (parts + [0, 0])[1], (parts + [0, 0])[2]
 
 
 def log(event: str, **fields: Any) -> None:
@@ -278,20 +285,26 @@ def make_policies(args: argparse.Namespace, target: str, bucket_priority: Callab
         "fcfs": Policy("fcfs", None, "fcfs"),
         # Guard settings left out: the hook's defaults (or LTR_STARVATION_* from the environment) apply.
         "ltr": Policy("ltr", "ltr_client.vllm.LTRScheduler", "fcfs", hook),
-        "ltr-noguard": Policy("ltr-noguard", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "starvation_threshold": 0}),
+        "ltr-noguard": Policy(
+            "ltr-noguard", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "starvation_threshold": 0, "starvation_overtakes": 0}
+        ),
         "ltr-preempt": Policy("ltr-preempt", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "preempt": True}),
+        "ltr-fair": Policy("ltr-fair", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "starvation_overtakes": 2 * args.max_num_seqs}),
         "oracle": Policy("oracle", None, "priority", priority=lambda r: r.max_tokens),
     }
     if bucket_priority is not None:
         policies["bucket"] = Policy("bucket", None, "priority", priority=bucket_priority)
-    for threshold, quantum in args.guard_sweep:
-        name = guard_policy_name(threshold, quantum)
-        policies[name] = Policy(name, "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "starvation_threshold": threshold, "starvation_quantum": quantum})
+    for guard in args.guard_sweep:
+        name = guard_policy_name(guard)
+        threshold, quantum, overtakes = guard
+        settings = {"starvation_threshold": threshold, "starvation_quantum": quantum, "starvation_overtakes": overtakes}
+        policies[name] = Policy(name, "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, **settings})
     return policies
 
 
-def guard_policy_name(threshold: int, quantum: int) -> str:
-    return f"ltr-guard-{threshold}-{quantum}"
+def guard_policy_name(guard: tuple[int, int, int]) -> str:
+    threshold, quantum, overtakes = guard
+    return f"ltr-guard-{threshold}-{quantum}" + (f"-{overtakes}" if overtakes else "")
 
 
 def build_model(tmp: Path, tokenizer_json: Path, args: argparse.Namespace) -> Path:
@@ -682,6 +695,12 @@ def figures(summaries: dict[str, dict[str, dict[str, Any]]], rates: list[float])
         note = f"no guard: {ratio(get('ltr-noguard', w, 'latency', 'max'), get('fcfs', w, 'latency', 'max')):.2f}"
         out.append(Figure("LTR (guard on) / FCFS max latency", w, ratio(get("ltr", w, "latency", "max"), get("fcfs", w, "latency", "max")), "<= 1.5", note))
         out.append(Figure("guard cost: LTR / LTR-noguard mean latency", w, ratio(get("ltr", w, "latency", "mean"), get("ltr-noguard", w, "latency", "mean")), ""))
+    if "ltr-fair" in summaries:
+        # The same figures for the overtake guard, which trades mean latency for a bound relative to FCFS.
+        for w in ["burst"] + online:
+            fcfs, fair, oracle = (get(p, w, "latency", "mean") for p in ("fcfs", "ltr-fair", "oracle"))
+            note = f"mean: {ratio(fair, fcfs):.3f} of FCFS, gain capture {ratio(fcfs - fair, fcfs - oracle):.3f}"
+            out.append(Figure("LTR-fair / FCFS max latency", w, ratio(get("ltr-fair", w, "latency", "max"), get("fcfs", w, "latency", "max")), "<= 1.5", note))
     return out
 
 
@@ -833,10 +852,13 @@ def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
             lines.append(row)
     for sweep in result.get("guard_sweep", []):
         lines += ["", f"## Starvation guard sweep: {sweep['workload']}", "", "Latency in seconds, and in engine steps (independent of the machine's speed).", ""]
-        lines += ["| policy | threshold N | quantum M | mean | p99 | max | mean (steps) | max (steps) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| policy | threshold N | quantum M | overtakes K | mean | p99 | max | mean (steps) | max (steps) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in sweep["rows"]:
             lines.append(
-                f"| {row['policy']} | {row['threshold']} | {row['quantum']} | {fmt(row['mean'])} | {fmt(row['p99'])} | {fmt(row['max'])} | "
+                f"| {row['policy']} | {row['threshold']} | {row['quantum']} | {row.get('overtakes', 0)} | {fmt(row['mean'])} | {fmt(row['p99'])} | {fmt(row['max'])} | "
                 f"{fmt(row['mean_steps'], 0)} | {fmt(row['max_steps'], 0)} |"
             )
     if result.get("ranker_check"):
@@ -1063,13 +1085,15 @@ def guard_sweep_rows(
 ) -> list[dict[str, Any]]:
     """Latency in seconds and engine steps on `workload` for every guard setting that ran it, FCFS last for reference."""
     rows = []
-    for name in ["ltr-noguard", "ltr"] + [guard_policy_name(n, m) for n, m in args.guard_sweep] + ["fcfs"]:
+    for name in ["ltr-noguard", "ltr"] + [guard_policy_name(g) for g in args.guard_sweep] + ["fcfs"]:
         s = summaries.get(name, {}).get(workload)
         if s is None:
             continue
         hook = hook_configs.get(name)
-        threshold, quantum = (hook["starvation_threshold"], hook["starvation_quantum"]) if hook else ("-", "-")
-        row = {"policy": name, "threshold": threshold, "quantum": quantum, **{k: s["latency"][k] for k in ("mean", "p99", "max")}}
+        keys = ("starvation_threshold", "starvation_quantum", "starvation_overtakes")
+        threshold, quantum, overtakes = (hook.get(k, 0) for k in keys) if hook else ("-", "-", "-")
+        row = {"policy": name, "threshold": threshold, "quantum": quantum, "overtakes": overtakes}
+        row.update({k: s["latency"][k] for k in ("mean", "p99", "max")})
         rows.append({**row, "mean_steps": s["latency_steps"]["mean"], "max_steps": s["latency_steps"]["max"]})
     return rows
 
@@ -1137,7 +1161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             policies = make_policies(args, sidecar.target, (lambda r: round(bucket_expected[r.sharegpt_id])) if bucket_expected else None)
             schedule = [(name, args.workloads) for name in args.policies]
             sweep_workloads = (["burst"] if "burst" in args.workloads else []) + ["online-top"]
-            schedule += [(guard_policy_name(n, m), sweep_workloads) for n, m in args.guard_sweep]
+            schedule += [(guard_policy_name(g), sweep_workloads) for g in args.guard_sweep]
             for name, workloads in schedule:
                 per: dict[str, Any] = {}
                 runs += run_policy(bench, policies[name], workloads, per)
@@ -1180,10 +1204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sweep in result.get("guard_sweep", []):
         print()
         print(f"starvation guard sweep, LTR on {sweep['workload']} (seconds, and engine steps):")
-        print(f"  {'policy':18s} {'N':>5s} {'M':>5s} {'mean':>8s} {'p99':>8s} {'max':>8s} {'mean st':>8s} {'max st':>8s}")
+        print(f"  {'policy':20s} {'N':>5s} {'M':>5s} {'K':>5s} {'mean':>8s} {'p99':>8s} {'max':>8s} {'mean st':>8s} {'max st':>8s}")
         for row in sweep["rows"]:
             print(
-                f"  {row['policy']:18s} {row['threshold']!s:>5s} {row['quantum']!s:>5s} {row['mean']:8.2f} {row['p99']:8.2f} {row['max']:8.2f} "
+                f"  {row['policy']:20s} {row['threshold']!s:>5s} {row['quantum']!s:>5s} {row.get('overtakes', 0)!s:>5s} {row['mean']:8.2f} {row['p99']:8.2f} {row['max']:8.2f} "
                 f"{row['mean_steps']:8.0f} {row['max_steps']:8.0f}"
             )
     for policy, why in skipped.items():

@@ -38,7 +38,7 @@ if _missing:  # pragma: no cover - depends on the environment
 
 REQUESTS = 5
 RATES = (0.8, 1.1)
-GUARD = (4, 2)
+GUARD = (4, 2, 3)  # threshold, quantum, overtakes
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
         "--synthetic-budget-s", "300",
         "--bucket-train-examples", "300",
         "--warmup-requests", "1",
-        "--guard-sweep", f"{GUARD[0]}:{GUARD[1]}",
+        "--guard-sweep", ":".join(map(str, GUARD)),
         "--run-timeout-s", "60",
         "--no-progress",
     ]  # fmt: skip
@@ -66,7 +66,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
 
 def test_every_policy_completes_every_request_of_every_workload_with_its_planned_tokens(result):
     _, data, _ = result
-    policies = ["fcfs", "ltr", "ltr-noguard", "oracle"] + ([] if "bucket" in data["skipped"] else ["bucket"])
+    policies = ["fcfs", "ltr", "ltr-noguard", "ltr-preempt", "ltr-fair", "oracle"] + ([] if "bucket" in data["skipped"] else ["bucket"])
     workloads = {"burst", "synthetic"} | {f"online@{r:g}" for r in RATES}
     runs = {(r["policy"], r["workload"]): r for r in data["runs"]}
     for policy in policies:
@@ -81,11 +81,13 @@ def test_every_policy_completes_every_request_of_every_workload_with_its_planned
                 assert rec["arrival_step"] < rec["first_token_step"] <= rec["finish_step"] - rec["max_tokens"] + 1, (policy, workload, rec)
             assert data["summaries"][policy][workload]["completed"] == REQUESTS
     # The guard sweep ran the hook once more, on the burst and at the highest rate only.
-    sweep = f"ltr-guard-{GUARD[0]}-{GUARD[1]}"
+    sweep = "ltr-guard-" + "-".join(map(str, GUARD))
     assert set(data["summaries"][sweep]) == {"burst", f"online@{max(RATES):g}"}
     assert [table["workload"] for table in data["guard_sweep"]] == ["burst", f"online@{max(RATES):g}"]
     for table in data["guard_sweep"]:
         assert {row["policy"] for row in table["rows"]} == {"ltr", "ltr-noguard", sweep, "fcfs"}
+        row = next(r for r in table["rows"] if r["policy"] == sweep)
+        assert (row["threshold"], row["quantum"], row["overtakes"]) == GUARD
 
 
 def test_every_policy_does_identical_work_on_the_same_trace(result):
@@ -116,7 +118,8 @@ def test_results_json_is_strict_and_markdown_and_figures_are_well_formed(result)
     json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert data["config"]["seed"] == 0 and data["capacity_rps"] > 0
     names = {f["name"] for f in data["figures"]}
-    assert {"LTR / FCFS mean latency", "FCFS / LTR time to first K", "LTR (guard on) / FCFS max latency"} <= names
+    assert {"LTR / FCFS mean latency", "FCFS / LTR time to first K", "LTR (guard on) / FCFS max latency", "LTR-fair / FCFS max latency"} <= names
+    assert data["hook_config"]["ltr-fair"]["starvation_overtakes"] == 4, "2 x --max-num-seqs"
     for f in data["figures"]:
         assert f["passed"] in (True, False, None)
         assert f["value"] is None or math.isfinite(f["value"])

@@ -52,6 +52,16 @@ def test_next_batch_over_rpc_matches_the_shared_policy_run_locally(sidecar):
     assert remote.order == local.order.tolist() and remote.num_scheduled == local.num_scheduled
     assert remote.preempted == local.preempted.tolist() and remote.idle_steps == local.idle_steps.tolist()
     assert remote.protected == local.protected.tolist() == [False, False, True, False]
+    assert remote.overtakes == local.overtakes.tolist()
+
+
+def test_the_overtake_guard_and_counts_round_trip_through_the_client(sidecar):
+    guard = StarvationGuard(threshold_steps=0, quantum_steps=2, max_overtakes=2)
+    with RankerClient(sidecar.target) as client:
+        first = client.next_batch([Candidate("long", score=-5.0, overtakes=1), Candidate("short", score=5.0)], 1, 100, guard=guard)
+        assert first.scheduled == [1] and first.overtakes == [2, 0]
+        second = client.next_batch([Candidate("long", score=-5.0, overtakes=2), Candidate("later", score=9.0)], 1, 100, guard=guard)
+    assert second.scheduled == [0] and second.protected == [True, False]
 
 
 def test_the_protected_flag_round_trips_through_the_client(sidecar):

@@ -438,7 +438,7 @@ def test_sidecar_pattern(overlay, rendered):
     vllm = container(engine, "vllm")
     assert vllm["args"][vllm["args"].index("--scheduler-cls") + 1] == SCHEDULER_CLS
     assert env(vllm)["LTR_SIDECAR_TARGET"] == f"127.0.0.1:{RANKER_PORT}"
-    assert {"LTR_DEADLINE_MS", "LTR_STARVATION_THRESHOLD", "LTR_STARVATION_QUANTUM"} <= env(vllm).keys()
+    assert {"LTR_DEADLINE_MS", "LTR_STARVATION_THRESHOLD", "LTR_STARVATION_QUANTUM", "LTR_STARVATION_OVERTAKES"} <= env(vllm).keys()
     # A native sidecar: starts (and passes its startup probe) before vLLM, stops after it.
     [sidecar] = engine["spec"]["template"]["spec"]["initContainers"]
     assert sidecar["name"] == "ltr-sidecar" and sidecar["restartPolicy"] == "Always"

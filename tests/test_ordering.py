@@ -174,6 +174,45 @@ def test_promoted_long_request_runs_to_completion_among_a_stream_of_better_ranke
     assert long_done_at == guard.threshold_steps + 10 - 1
 
 
+def test_each_admission_of_a_later_arrival_counts_as_one_overtake_of_every_earlier_waiting_candidate():
+    # a, b and c wait (arrival order); d runs. c is admitted past a and b; d only keeps running.
+    c = Candidates.build(scores=[0.0, 1.0, 5.0, 9.0], running=[False, False, False, True], overtakes=[4, 0, 0, 0])
+    d = next_batch(c, max_num_seqs=2, max_num_batched_tokens=100, guard=NO_GUARD)
+    assert d.scheduled.tolist() == [3, 2]
+    assert d.overtakes.tolist() == [5, 1, 0, 0], "a running candidate that stays scheduled overtakes no one"
+
+
+def test_the_overtake_trigger_promotes_a_candidate_passed_over_by_max_overtakes_later_arrivals():
+    guard = StarvationGuard(threshold_steps=0, quantum_steps=2, max_overtakes=3)
+    c = Candidates.build(scores=[-10.0, 1.0, 2.0], overtakes=[3, 0, 0])
+    d = next_batch(c, 1, 100, guard)
+    assert d.scheduled.tolist() == [0] and d.protected.tolist() == [True, False, False]
+    assert next_batch(Candidates.build(scores=[-10.0, 1.0], overtakes=[2, 0]), 1, 100, guard).scheduled.tolist() == [1]
+
+
+def test_with_the_overtake_trigger_a_request_starts_at_most_k_admissions_later_than_fcfs_would_start_it():
+    """One slot, jobs of one step, two better-ranked arrivals per step: FCFS would start the long job at once."""
+    k = 5
+    guard = StarvationGuard(threshold_steps=0, quantum_steps=1, max_overtakes=k)
+    queue = {"long": {"score": -100.0}}
+    started_before_long = 0
+    for step in range(100):
+        for j in range(2):
+            queue[f"s{step}-{j}"] = {"score": float(j)}
+        ids = list(queue)
+        field = lambda name, default: [queue[i].get(name, default) for i in ids]  # noqa: E731
+        c = Candidates.build(scores=field("score", 0.0), overtakes=field("overtakes", 0), promoted_steps_left=field("promoted", 0))
+        d = next_batch(c, max_num_seqs=1, max_num_batched_tokens=100, guard=guard)
+        for i, rid in enumerate(ids):
+            queue[rid].update(overtakes=int(d.overtakes[i]), promoted=int(d.promoted_steps_left[i]))
+        ran = ids[int(d.scheduled[0])]
+        if ran == "long":
+            break
+        started_before_long += 1
+        del queue[ran]
+    assert started_before_long == k
+
+
 def test_non_positive_budget_is_rejected():
     with pytest.raises(ValueError):
         next_batch(Candidates.build(scores=[1.0]), 0, 10)

@@ -207,12 +207,31 @@ def test_explicit_priority_outranks_the_score(sidecar):
 # --- ModelInfo, health, reflection, metrics --------------------------------------
 
 
+def test_the_overtake_trigger_is_served_by_default_when_configured_and_can_be_set_per_call(start_sidecar):
+    from ltr_client.ordering import StarvationGuard
+
+    sidecar = start_sidecar(guard=StarvationGuard(threshold_steps=0, quantum_steps=2, max_overtakes=3))
+    stub = sidecar.stub()
+    guard = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10).default_guard
+    assert (guard.threshold_steps, guard.quantum_steps, guard.max_overtakes) == (0, 2, 3)
+    cands = [pb.Candidate(request_id="long", score=-5.0, overtakes=2), pb.Candidate(request_id="short", score=5.0)]
+    resp = stub.NextBatch(pb.NextBatchRequest(candidates=cands, budget=budget(seqs=1)), timeout=10)
+    assert list(resp.order[:1]) == [1] and list(resp.overtakes) == [3, 0], "the short one, a later arrival, overtook it"
+    cands[0].overtakes = 3
+    resp = stub.NextBatch(pb.NextBatchRequest(candidates=cands, budget=budget(seqs=1)), timeout=10)
+    assert list(resp.order[:1]) == [0] and list(resp.protected) == [True, False], "3 overtakes: promoted"
+    # A per-call guard without max_overtakes turns the trigger off for that call.
+    call_guard = pb.StarvationGuard(threshold_steps=0, quantum_steps=2)
+    resp = stub.NextBatch(pb.NextBatchRequest(candidates=cands, budget=budget(seqs=1), guard=call_guard), timeout=10)
+    assert list(resp.order[:1]) == [1]
+
+
 def test_model_info_describes_the_serving_bundle(sidecar):
     info = sidecar.stub().ModelInfo(pb.ModelInfoRequest(), timeout=10)
     bundle = sidecar.server.scorer.ranker.bundle
     assert (info.name, info.model_sha256, info.max_input_tokens) == (bundle.name, bundle.model_sha256, 64)
     assert info.execution_provider == "CPUExecutionProvider"
-    assert info.default_guard.threshold_steps == 768
+    assert info.default_guard.threshold_steps == 768 and info.default_guard.max_overtakes == 0
 
 
 def test_a_shorter_max_length_is_what_the_server_reads_and_reports(start_sidecar):

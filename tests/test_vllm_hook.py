@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks.tiny_llama import build_tiny_llama, set_vllm_env, word_level_tokenizer
@@ -44,7 +45,7 @@ from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 
 from ltr_client import ordering  # noqa: E402
 from ltr_client.vllm import LTRAsyncScheduler, LTRConfig, LTRRequestQueue, LTRScheduler  # noqa: E402
-from ltr_client.vllm.ranking import RankState, preemption_victims, rank  # noqa: E402
+from ltr_client.vllm.ranking import AdmissionLog, RankState, preemption_victims, rank  # noqa: E402
 
 # Prompts the tiny ranker (conftest.WORD_BIAS) scores far apart: "brief"
 # ranks shortest, "essay" longest. Words outside the LLM tokenizer's
@@ -194,9 +195,12 @@ class Item:
     score: float | None = None
     priority: int = 0
     mark: int = 0
+    arrival_step: int = 0
 
     def __post_init__(self) -> None:
-        self.ltr_state = RankState(score=float("nan") if self.score is None else self.score, mark=self.mark)
+        self.ltr_state = RankState(
+            score=float("nan") if self.score is None else self.score, mark=self.mark, arrival_step=self.arrival_step
+        )
 
 
 def names(items: list[Item] | None) -> list[str] | None:
@@ -264,6 +268,35 @@ def test_the_queue_reranks_on_new_scores_prepends_and_due_promotions_only():
     assert not queue.rank(4, guard)
     assert queue.rank(5, guard) and names(list(queue)) == ["a", "b", "p"]
     assert a.ltr_state.promoted_steps_left == 1 and b.ltr_state.promoted_steps_left == 0
+
+
+def test_the_admission_log_counts_admissions_that_arrived_in_later_steps_and_survives_pruning():
+    log = AdmissionLog()
+    for arrival_step in (5, 2, 9, 7, 5):
+        log.record(arrival_step)
+    # Arrivals of the same step (a burst) do not overtake one another.
+    assert log.admitted_after(np.array([0, 4, 5, 6, 9])).tolist() == [5, 4, 2, 2, 0]
+    log.forget_before(4)  # no live request arrived before step 4
+    assert len(log) == 4 and log.total == 5
+    assert log.admitted_after(np.array([4, 6])).tolist() == [4, 2]
+
+
+def test_the_queue_promotes_a_request_overtaken_by_k_later_arrivals_and_reranks_only_when_one_can_be_due():
+    guard = ordering.StarvationGuard(threshold_steps=0, quantum_steps=1, max_overtakes=2)
+    log = AdmissionLog()
+    long, mid = Item("long", -5.0, arrival_step=0), Item("mid", 0.0, arrival_step=1)
+    long.arrival_time, mid.arrival_time = 0.0, 1.0
+    queue = LTRRequestQueue([long, mid])
+    assert queue.rank(1, guard, log) and names(list(queue)) == ["mid", "long"]
+    log.record(2)  # one later arrival admitted: long 1 overtake, mid 1
+    assert not queue.rank(2, guard, log), "no one can have reached 2 overtakes yet"
+    log.record(3)
+    assert queue.rank(3, guard, log) and names(list(queue)) == ["long", "mid"], "both due: oldest first"
+    assert long.ltr_state.protected and long.ltr_state.promoted_steps_left == 1
+    # A preempted request's count restarts from its overtake_base.
+    fresh = Item("fresh", -5.0, arrival_step=0)
+    fresh.ltr_state.overtake_base = 2
+    assert rank([fresh, Item("best", 9.0, arrival_step=4)], 4, guard, log).items is not None and not fresh.ltr_state.protected
 
 
 def test_config_comes_from_env_then_additional_config_and_rejects_typos():
@@ -376,6 +409,40 @@ def test_the_starvation_guard_bounds_a_long_request_under_a_stream_of_short_ones
     overtook = [r for r, d in done.items() if r.startswith("short") and d.step < done["long"].step and int(r[6:]) >= 2]
     assert len(overtook) >= 2, "short requests that arrived after it ran first"
     assert len(done) == shorts[0] + 1
+
+
+@pytest.mark.parametrize("preempt", [False, True], ids=["vllm-preemption-only", "rank-preemption"])
+def test_the_overtake_guard_starts_a_long_request_after_k_later_arrivals_have_started(llm: LLM, start_sidecar, preempt: bool):
+    k, short_tokens = 5, 3
+    scheduler = install(
+        llm, LTRScheduler, target=start_sidecar().target, starvation_threshold=0, starvation_overtakes=k, preempt=preempt
+    )
+    submit(llm, [("long", ESSAY[0], LONG_TOKENS), ("short-0", BRIEF[0], short_tokens), ("short-1", BRIEF[1], short_tokens)])
+    assert scheduler.scorer.wait_idle(30)
+    shorts, started, arrived = [2], {}, {"short-0": 0, "short-1": 0}
+
+    def stream(step: int, done: dict[str, Done]) -> None:
+        for r in scheduler.running:
+            # The engine adds a suffix to each request id; it ran in the previous step.
+            started.setdefault(r.request_id.rsplit("-", 1)[0], step - 1)
+        if "long" in started:
+            return
+        waiting = sum(1 for r in scheduler.waiting if not r.request_id.startswith("long"))
+        for _ in range(max(0, MAX_NUM_SEQS - waiting)):
+            submit(llm, [(f"short-{shorts[0]}", BRIEF[shorts[0] % len(BRIEF)], short_tokens)])
+            arrived[f"short-{shorts[0]}"] = step - 1  # the engine steps done so far
+            shorts[0] += 1
+        assert scheduler.scorer.wait_idle(30)
+
+    done = drive(llm, stream)
+    # Short requests that arrived in a later step than the long one overtake it
+    # when they start first; those of its own step (before the first one) do not.
+    # The guard promotes it at the first step that begins with k overtakes; the
+    # step in which the k-th started may have started one more (2 slots).
+    assert any(arrived[r] == 0 and s < started["long"] for r, s in started.items() if r != "long"), "same-step arrivals went first"
+    overtook = sorted(r for r, s in started.items() if r != "long" and arrived[r] > 0 and s < started["long"])
+    assert k <= len(overtook) <= k + MAX_NUM_SEQS - 1, (overtook, started)
+    assert set(done) == {"long"} | {f"short-{i}" for i in range(shorts[0])}
 
 
 def test_a_sidecar_stopped_before_the_run_gives_exactly_fcfs_and_one_warning(llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog):

@@ -200,6 +200,7 @@ export function serviceConfig(maxAttempts = 3) {
  * @property {number} [idleSteps] starvation counter from the previous nextBatch (default 0)
  * @property {number} [promotedStepsLeft] starvation counter from the previous nextBatch (default 0)
  * @property {boolean} [protected] from the previous nextBatch: promoted once, so never preempted for rank while running
+ * @property {number} [overtakes] from the previous nextBatch: later arrivals admitted ahead of it (default 0)
  */
 
 /**
@@ -210,8 +211,9 @@ export function serviceConfig(maxAttempts = 3) {
 
 /**
  * @typedef {object} StarvationGuard
- * @property {number} thresholdSteps promote a candidate left out this many consecutive steps; 0 disables
- * @property {number} quantumSteps it stays promoted for this many executed steps
+ * @property {number} thresholdSteps promote a candidate left out this many consecutive steps; 0: never
+ * @property {number} quantumSteps it stays promoted for this many executed steps; 0 disables the guard
+ * @property {number} [maxOvertakes] also promote a waiting candidate once this many later arrivals were admitted ahead of it; 0 (default): never
  */
 
 /**
@@ -223,6 +225,7 @@ export function serviceConfig(maxAttempts = 3) {
  * @property {number[]} idleSteps updated counters, in candidate order: send them back next step
  * @property {number[]} promotedStepsLeft updated counters, in candidate order
  * @property {boolean[]} protected in candidate order: send back as each candidate's `protected`
+ * @property {number[]} overtakes updated counts, in candidate order: send back as each candidate's `overtakes`
  * @property {number[]} scores the score used per candidate (NaN when unscored; all NaN on fallback)
  * @property {number[]} unscored indices of candidates that had no score
  * @property {string | null} modelVersion null on fallback
@@ -308,12 +311,30 @@ export function fcfsBatch(candidates, budget) {
     idleSteps: candidates.map((c, i) => (isScheduled[i] ? 0 : u32(c.idleSteps, 0) + 1)),
     promotedStepsLeft: promoted.map((p, i) => (isScheduled[i] && p > 0 ? p - 1 : p)),
     protected: isProtected,
+    overtakes: fcfsOvertakes(candidates, isScheduled),
     scores: new Array(n).fill(NaN),
     unscored: Array.from({ length: n }, (_, i) => i),
     modelVersion: null,
     fallback: true,
     error: null,
   };
+}
+
+/**
+ * Overtake counts after a decision: a candidate left out is overtaken once by every admission
+ * (waiting -> scheduled) of a later arrival; scheduled candidates restart at 0.
+ * @param {Candidate[]} candidates in arrival order
+ * @param {Uint8Array} isScheduled
+ * @returns {number[]}
+ */
+function fcfsOvertakes(candidates, isScheduled) {
+  const out = new Array(candidates.length);
+  let admittedLater = 0;
+  for (let i = candidates.length - 1; i >= 0; i--) {
+    out[i] = isScheduled[i] ? 0 : u32(candidates[i].overtakes, 0) + admittedLater;
+    if (isScheduled[i] && !candidates[i].running) admittedLater += 1;
+  }
+  return out;
 }
 
 /**
@@ -334,8 +355,9 @@ function nextBatchRequest(candidates, budget, guard) {
   const idleSteps = new Array(n);
   const promoted = new Array(n);
   const isProtected = new Array(n);
+  const overtakes = new Array(n);
   let anyScore = false, anyPrompt = false, anyRunning = false, anyTokens = false;
-  let anyPriority = false, anyIdle = false, anyPromoted = false, anyProtected = false;
+  let anyPriority = false, anyIdle = false, anyPromoted = false, anyProtected = false, anyOvertakes = false;
   for (let i = 0; i < n; i++) {
     const c = candidates[i];
     requestIds[i] = String(c.requestId ?? '');
@@ -356,6 +378,8 @@ function nextBatchRequest(candidates, budget, guard) {
     anyPromoted ||= promoted[i] !== 0;
     isProtected[i] = Boolean(c.protected);
     anyProtected ||= isProtected[i];
+    overtakes[i] = u32(c.overtakes, 0);
+    anyOvertakes ||= overtakes[i] !== 0;
   }
   /** @type {Record<string, unknown>} */
   const request = {
@@ -369,6 +393,7 @@ function nextBatchRequest(candidates, budget, guard) {
       idle_steps: anyIdle ? idleSteps : [],
       promoted_steps_left: anyPromoted ? promoted : [],
       protected: anyProtected ? isProtected : [],
+      overtakes: anyOvertakes ? overtakes : [],
     },
     budget: {
       max_num_seqs: u32(budget?.maxNumSeqs, 0),
@@ -376,7 +401,11 @@ function nextBatchRequest(candidates, budget, guard) {
     },
   };
   if (guard) {
-    request.guard = { threshold_steps: u32(guard.thresholdSteps, 0), quantum_steps: u32(guard.quantumSteps, 0) };
+    request.guard = {
+      threshold_steps: u32(guard.thresholdSteps, 0),
+      quantum_steps: u32(guard.quantumSteps, 0),
+      max_overtakes: u32(guard.maxOvertakes, 0),
+    };
   }
   return request;
 }
@@ -474,6 +503,7 @@ export class RankerClient {
       idleSteps: resp.idle_steps,
       promotedStepsLeft: resp.promoted_steps_left,
       protected: resp.protected,
+      overtakes: resp.overtakes,
       scores: resp.scores,
       unscored: resp.unscored,
       modelVersion: resp.model_version,
@@ -499,7 +529,11 @@ export class RankerClient {
       evaluation: { ...resp.evaluation },
       license: resp.license,
       defaultGuard: resp.default_guard
-        ? { thresholdSteps: resp.default_guard.threshold_steps, quantumSteps: resp.default_guard.quantum_steps }
+        ? {
+            thresholdSteps: resp.default_guard.threshold_steps,
+            quantumSteps: resp.default_guard.quantum_steps,
+            maxOvertakes: resp.default_guard.max_overtakes,
+          }
         : null,
     };
   }

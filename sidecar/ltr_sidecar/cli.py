@@ -64,8 +64,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-items", "most items per Score call and candidates per NextBatch call", int, 8192)
     a("--max-prompt-bytes", "longest prompt accepted, in UTF-8 bytes (prompts are truncated to the model's max tokens)", int, 1 << 20)
     a("--max-message-bytes", "largest gRPC message, either way", int, 64 << 20)
-    a("--starvation-threshold", "steps a candidate may wait unscheduled before it is promoted (0 disables the guard)", int, ordering.DEFAULT_THRESHOLD_STEPS)
-    a("--starvation-quantum", "executed steps a promoted candidate stays in the top band", int, ordering.DEFAULT_QUANTUM_STEPS)
+    a("--starvation-threshold", "steps a candidate may wait unscheduled before it is promoted (0: never)", int, ordering.DEFAULT_THRESHOLD_STEPS)
+    a("--starvation-overtakes", "later arrivals that may be admitted ahead of a waiting candidate before it is promoted: "
+      "bounds its wait relative to first come first served at any load (0: never)", int, ordering.DEFAULT_MAX_OVERTAKES)
+    a("--starvation-quantum", "executed steps a promoted candidate stays in the top band (0 disables the guard)", int, ordering.DEFAULT_QUANTUM_STEPS)
     a("--tls-cert", "PEM server certificate (enables TLS; needs --tls-key)", Path)
     a("--tls-key", "PEM private key of --tls-cert", Path)
     a("--tls-client-ca", "PEM CA that must have signed client certificates (enables mTLS)", Path)
@@ -100,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             intra_op_threads=args.intra_op_threads,
             max_length=args.max_length,
             limits=Limits(args.max_items, args.max_prompt_bytes, args.max_message_bytes),
-            guard=StarvationGuard(args.starvation_threshold, args.starvation_quantum),
+            guard=StarvationGuard(args.starvation_threshold, args.starvation_quantum, args.starvation_overtakes),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,

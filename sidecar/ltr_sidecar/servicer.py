@@ -107,7 +107,8 @@ class RankerServicer:
             raise invalid("budget.max_num_batched_tokens: must be positive")
         guard = self.guard
         if request.HasField("guard"):
-            guard = StarvationGuard(request.guard.threshold_steps, request.guard.quantum_steps)
+            g = request.guard
+            guard = StarvationGuard(g.threshold_steps, g.quantum_steps, g.max_overtakes)
         candidates, to_score = self._candidates(request, budget.max_num_batched_tokens)
         if to_score:
             results = await self._score([inp for _, inp in to_score], context)
@@ -122,6 +123,7 @@ class RankerServicer:
             idle_steps=decision.idle_steps.tolist(),
             promoted_steps_left=decision.promoted_steps_left.tolist(),
             protected=decision.protected.tolist(),
+            overtakes=decision.overtakes.tolist(),
             scores=candidates.scores.tolist(),
             unscored=np.flatnonzero(np.isnan(candidates.scores)).tolist(),
             model_version=self.model_version,
@@ -139,7 +141,9 @@ class RankerServicer:
             execution_provider=ranker.provider,
             evaluation=bundle.evaluation,
             license=bundle.license,
-            default_guard=pb.StarvationGuard(threshold_steps=self.guard.threshold_steps, quantum_steps=self.guard.quantum_steps),
+            default_guard=pb.StarvationGuard(
+                threshold_steps=self.guard.threshold_steps, quantum_steps=self.guard.quantum_steps, max_overtakes=self.guard.max_overtakes
+            ),
         )
 
     # --- helpers --------------------------------------------------------------
@@ -223,6 +227,7 @@ class RankerServicer:
         idle = np.zeros(n, dtype=np.int64)
         promoted = np.zeros(n, dtype=np.int64)
         protected = np.zeros(n, dtype=bool)
+        overtakes = np.zeros(n, dtype=np.int64)
         to_score: list[tuple[int, ScoreInput]] = []
         seen: set[str] = set()
         for i, c in enumerate(cands):
@@ -246,7 +251,8 @@ class RankerServicer:
             idle[i] = c.idle_steps
             promoted[i] = c.promoted_steps_left
             protected[i] = c.protected
-        return Candidates(scores, running, num_tokens, priority, idle, promoted, protected), to_score
+            overtakes[i] = c.overtakes
+        return Candidates(scores, running, num_tokens, priority, idle, promoted, protected, overtakes), to_score
 
     def _from_columns(self, cols: pb.CandidateColumns) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
         ids = list(cols.request_ids)
@@ -288,5 +294,6 @@ class RankerServicer:
             idle_steps=column("idle_steps", np.int64, 0),
             promoted_steps_left=column("promoted_steps_left", np.int64, 0),
             protected=column("protected", bool, False),
+            overtakes=column("overtakes", np.int64, 0),
         )
         return candidates, to_score

@@ -35,6 +35,17 @@ test('fcfsBatch: the prefix is strict and promoted candidates keep their band', 
   assert.deepEqual(fcfsBatch([], { maxNumSeqs: 1, maxNumBatchedTokens: 1 }).order, []);
 });
 
+test('fcfsBatch: a candidate left out counts one overtake per later arrival admitted', () => {
+  const cands = [
+    { requestId: 'a', priority: 1, overtakes: 2 },
+    { requestId: 'b' },
+    { requestId: 'c', running: true },
+  ];
+  const batch = fcfsBatch(cands, { maxNumSeqs: 2, maxNumBatchedTokens: 10 });
+  assert.deepEqual(batch.scheduled, [1, 2]);
+  assert.deepEqual(batch.overtakes, [3, 0, 0], 'b was admitted past a; c was already running');
+});
+
 test('fcfsBatch: a protected running candidate keeps the top band; a protected waiting one does not', () => {
   const cands = [
     { requestId: 'a' },

@@ -69,6 +69,20 @@ describe('against a live sidecar', { skip: TARGET ? false : 'LTR_SIDECAR_TARGET 
     assert.deepEqual(plain.promotedStepsLeft, [0, 0, 0, 0]);
   });
 
+  test('NextBatch: the overtake trigger, set per call, promotes a candidate passed over by later arrivals', async () => {
+    const budget = { maxNumSeqs: 1, maxNumBatchedTokens: 100 };
+    const guard = { thresholdSteps: 0, quantumSteps: 2, maxOvertakes: 2 };
+    const first = await client.nextBatch([{ requestId: 'long', score: -5.0, overtakes: 1 }, { requestId: 'short', score: 5.0 }], budget, { guard });
+    assert.equal(first.fallback, false, String(first.error));
+    assert.deepEqual(first.scheduled, [1]);
+    assert.deepEqual(first.overtakes, [2, 0]);
+    const second = await client.nextBatch([{ requestId: 'long', score: -5.0, overtakes: 2 }, { requestId: 'later', score: 9.0 }], budget, { guard });
+    assert.deepEqual(second.scheduled, [0]);
+    assert.deepEqual(second.protected, [true, false]);
+    const info = await client.modelInfo();
+    assert.equal(info.defaultGuard.maxOvertakes, 0);
+  });
+
   test('NextBatch: a protected running candidate keeps its slot against a better-ranked one', async () => {
     const cands = [
       { requestId: 'long', score: -5.0, running: true, protected: true },
@@ -107,7 +121,7 @@ describe('against a live sidecar', { skip: TARGET ? false : 'LTR_SIDECAR_TARGET 
     assert.match(info.modelSha256, /^[0-9a-f]{64}$/);
     assert.ok(info.maxInputTokens > 0);
     assert.equal(info.executionProvider, 'CPUExecutionProvider');
-    assert.deepEqual(info.defaultGuard, { thresholdSteps: 768, quantumSteps: 32 });
+    assert.deepEqual(info.defaultGuard, { thresholdSteps: 768, quantumSteps: 32, maxOvertakes: 0 });
     assert.equal(typeof info.evaluation, 'object');
   });
 

@@ -68,6 +68,7 @@ class Candidate:
     idle_steps: int = 0
     promoted_steps_left: int = 0
     protected: bool = False
+    overtakes: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Batch:
     idle_steps: list[int]
     promoted_steps_left: list[int]
     protected: list[bool]
+    overtakes: list[int]
     model_version: str | None
     fallback: bool
 
@@ -119,6 +121,7 @@ def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batch
         idle_steps=[c.idle_steps for c in candidates],
         promoted_steps_left=[c.promoted_steps_left for c in candidates],
         protected=[c.protected for c in candidates],
+        overtakes=[c.overtakes for c in candidates],
     )
     d = ordering.next_batch(cols, max(1, max_num_seqs), max(1, max_num_batched_tokens), ordering.StarvationGuard(0, 0))
     return Batch(
@@ -128,6 +131,7 @@ def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batch
         idle_steps=d.idle_steps.tolist(),
         promoted_steps_left=d.promoted_steps_left.tolist(),
         protected=d.protected.tolist(),
+        overtakes=d.overtakes.tolist(),
         model_version=None,
         fallback=True,
     )
@@ -175,13 +179,17 @@ class _Core:
         )
         if any(c.protected for c in candidates):
             cols.protected.extend([c.protected for c in candidates])
+        if any(c.overtakes for c in candidates):
+            cols.overtakes.extend([c.overtakes for c in candidates])
         if any(c.prompt for c in candidates):
             cols.prompts.extend([c.prompt or "" for c in candidates])
         req = pb.NextBatchRequest(
             columns=cols, budget=pb.Budget(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
         )
         if guard is not None:
-            req.guard.CopyFrom(pb.StarvationGuard(threshold_steps=guard.threshold_steps, quantum_steps=guard.quantum_steps))
+            req.guard.CopyFrom(
+                pb.StarvationGuard(threshold_steps=guard.threshold_steps, quantum_steps=guard.quantum_steps, max_overtakes=guard.max_overtakes)
+            )
         return req
 
     @staticmethod
@@ -193,6 +201,7 @@ class _Core:
             idle_steps=list(resp.idle_steps),
             promoted_steps_left=list(resp.promoted_steps_left),
             protected=list(resp.protected),
+            overtakes=list(resp.overtakes),
             model_version=resp.model_version,
             fallback=False,
         )

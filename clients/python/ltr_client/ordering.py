@@ -14,12 +14,21 @@ preempted. Sort key, most significant first:
 
 Starvation guard (vllm-ltr's): a candidate left out for `threshold_steps`
 consecutive steps is promoted to the top band for its next `quantum_steps`
-executed steps. Promotion also makes it `protected`: while it runs it stays in
-the top band, so it is never preempted for rank again (only the budget can
-push it out). Without that, a long request would run one quantum, be
-preempted by the next better-ranked arrival, wait out the threshold again,
-and the guard would bound nothing. The counters and the flag travel with the
-candidates, so the policy keeps no state between calls. Both the engine hooks and the sidecar's
+executed steps. A second, load-relative trigger promotes a waiting candidate
+once `max_overtakes` later arrivals have been admitted (waiting -> scheduled)
+ahead of it. The step threshold bounds the wait in absolute terms, which is
+loose when FCFS itself waits little; the overtake count bounds it relative to
+FCFS: a request starts about `max_overtakes` admissions later than FCFS would
+have started it, at most. Here "later" means later in the candidate list; the
+vLLM hook counts by arrival step, so that a burst's requests, which arrive
+together, do not overtake one another.
+
+Promotion also makes a candidate `protected`: while it runs it stays in the
+top band, so it is never preempted for rank again (only the budget can push
+it out). Without that, a long request would run one quantum, be preempted by
+the next better-ranked arrival, wait out the threshold again, and the guard
+would bound nothing. The counters and the flag travel with the candidates, so
+the policy keeps no state between calls. Both the engine hooks and the sidecar's
 NextBatch RPC call `next_batch`, so they cannot drift apart.
 """
 
@@ -40,16 +49,29 @@ import numpy as np
 # 32 executed steps let a promoted request make progress before it competes again.
 DEFAULT_THRESHOLD_STEPS = 768
 DEFAULT_QUANTUM_STEPS = 32
+DEFAULT_MAX_OVERTAKES = 0
 
 
 @dataclass(frozen=True)
 class StarvationGuard:
-    threshold_steps: int = DEFAULT_THRESHOLD_STEPS  # 0 disables the guard
-    quantum_steps: int = DEFAULT_QUANTUM_STEPS
+    threshold_steps: int = DEFAULT_THRESHOLD_STEPS  # 0 disables the step trigger
+    quantum_steps: int = DEFAULT_QUANTUM_STEPS  # 0 disables the guard
+    max_overtakes: int = DEFAULT_MAX_OVERTAKES  # 0 disables the overtake trigger
 
     @property
     def enabled(self) -> bool:
-        return self.threshold_steps > 0 and self.quantum_steps > 0
+        return self.quantum_steps > 0 and (self.threshold_steps > 0 or self.max_overtakes > 0)
+
+    def due(self, idle_steps: np.ndarray, overtakes: np.ndarray) -> np.ndarray:
+        """Which candidates' counters call for a promotion (ignoring whether they are promoted already)."""
+        due = np.zeros(len(idle_steps), dtype=bool)
+        if not self.enabled:
+            return due
+        if self.threshold_steps > 0:
+            due |= idle_steps >= self.threshold_steps
+        if self.max_overtakes > 0:
+            due |= overtakes >= self.max_overtakes
+        return due
 
 
 @dataclass(frozen=True)
@@ -63,6 +85,8 @@ class Candidates:
     idle_steps: np.ndarray  # int
     promoted_steps_left: np.ndarray  # int
     protected: np.ndarray | None = None  # bool; None = no candidate is protected
+    # Later arrivals admitted while this one waited (int); None = all zero.
+    overtakes: np.ndarray | None = None
 
     @classmethod
     def build(
@@ -74,6 +98,7 @@ class Candidates:
         idle_steps: list[int] | np.ndarray | None = None,
         promoted_steps_left: list[int] | np.ndarray | None = None,
         protected: list[bool] | np.ndarray | None = None,
+        overtakes: list[int] | np.ndarray | None = None,
     ) -> Candidates:
         """Columns from lists; omitted columns take their defaults (waiting, 1 token, priority 0, fresh counters)."""
         n = len(scores)
@@ -89,10 +114,14 @@ class Candidates:
             idle_steps=col(idle_steps, np.int64, 0),
             promoted_steps_left=col(promoted_steps_left, np.int64, 0),
             protected=col(protected, bool, False),
+            overtakes=col(overtakes, np.int64, 0),
         )
 
     def protected_mask(self) -> np.ndarray:
         return np.zeros(len(self), dtype=bool) if self.protected is None else np.asarray(self.protected, dtype=bool)
+
+    def overtake_counts(self) -> np.ndarray:
+        return np.zeros(len(self), dtype=np.int64) if self.overtakes is None else np.asarray(self.overtakes, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -106,6 +135,7 @@ class Decision:
     idle_steps: np.ndarray  # updated counters, in candidate order
     promoted_steps_left: np.ndarray
     protected: np.ndarray  # bool, in candidate order: promoted at some point
+    overtakes: np.ndarray  # int, in candidate order; 0 for the scheduled ones
 
     @property
     def scheduled(self) -> np.ndarray:
@@ -123,7 +153,7 @@ def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) ->
     promoted_left = c.promoted_steps_left.copy()
     protected = c.protected_mask().copy()
     if guard.enabled:
-        newly = (promoted_left <= 0) & (c.idle_steps >= guard.threshold_steps)
+        newly = (promoted_left <= 0) & guard.due(c.idle_steps, c.overtake_counts())
         promoted_left[newly] = guard.quantum_steps
         protected |= newly
     band = np.where((promoted_left > 0) | (protected & c.running), 0, 1)
@@ -159,4 +189,8 @@ def next_batch(
     preempted = order[num_scheduled:][c.running[order[num_scheduled:]]]
     idle = np.where(scheduled, 0, c.idle_steps + 1)
     promoted_left = np.where(scheduled & (promoted_left > 0), promoted_left - 1, promoted_left)
-    return Decision(order, num_scheduled, preempted, idle, promoted_left, protected)
+    # Candidate i is overtaken by every admission (waiting -> scheduled) of a later arrival j > i.
+    admitted = (scheduled & ~c.running).astype(np.int64)
+    admitted_later = admitted[::-1].cumsum()[::-1] - admitted
+    overtakes = np.where(scheduled, 0, c.overtake_counts() + admitted_later)
+    return Decision(order, num_scheduled, preempted, idle, promoted_left, protected, overtakes)

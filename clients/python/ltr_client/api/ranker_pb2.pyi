@@ -48,7 +48,7 @@ class ScoreResponse(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("request_id", "score", "prompt", "running", "num_tokens", "priority", "idle_steps", "promoted_steps_left", "protected")
+    __slots__ = ("request_id", "score", "prompt", "running", "num_tokens", "priority", "idle_steps", "promoted_steps_left", "protected", "overtakes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class Candidate(_message.Message):
     IDLE_STEPS_FIELD_NUMBER: _ClassVar[int]
     PROMOTED_STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    OVERTAKES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     score: float
     prompt: str
@@ -67,7 +68,8 @@ class Candidate(_message.Message):
     idle_steps: int
     promoted_steps_left: int
     protected: bool
-    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., prompt: _Optional[str] = ..., running: _Optional[bool] = ..., num_tokens: _Optional[int] = ..., priority: _Optional[int] = ..., idle_steps: _Optional[int] = ..., promoted_steps_left: _Optional[int] = ..., protected: _Optional[bool] = ...) -> None: ...
+    overtakes: int
+    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., prompt: _Optional[str] = ..., running: _Optional[bool] = ..., num_tokens: _Optional[int] = ..., priority: _Optional[int] = ..., idle_steps: _Optional[int] = ..., promoted_steps_left: _Optional[int] = ..., protected: _Optional[bool] = ..., overtakes: _Optional[int] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("max_num_seqs", "max_num_batched_tokens")
@@ -78,15 +80,17 @@ class Budget(_message.Message):
     def __init__(self, max_num_seqs: _Optional[int] = ..., max_num_batched_tokens: _Optional[int] = ...) -> None: ...
 
 class StarvationGuard(_message.Message):
-    __slots__ = ("threshold_steps", "quantum_steps")
+    __slots__ = ("threshold_steps", "quantum_steps", "max_overtakes")
     THRESHOLD_STEPS_FIELD_NUMBER: _ClassVar[int]
     QUANTUM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OVERTAKES_FIELD_NUMBER: _ClassVar[int]
     threshold_steps: int
     quantum_steps: int
-    def __init__(self, threshold_steps: _Optional[int] = ..., quantum_steps: _Optional[int] = ...) -> None: ...
+    max_overtakes: int
+    def __init__(self, threshold_steps: _Optional[int] = ..., quantum_steps: _Optional[int] = ..., max_overtakes: _Optional[int] = ...) -> None: ...
 
 class CandidateColumns(_message.Message):
-    __slots__ = ("request_ids", "scores", "prompts", "running", "num_tokens", "priorities", "idle_steps", "promoted_steps_left", "protected")
+    __slots__ = ("request_ids", "scores", "prompts", "running", "num_tokens", "priorities", "idle_steps", "promoted_steps_left", "protected", "overtakes")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +100,7 @@ class CandidateColumns(_message.Message):
     IDLE_STEPS_FIELD_NUMBER: _ClassVar[int]
     PROMOTED_STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    OVERTAKES_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.RepeatedScalarFieldContainer[float]
     prompts: _containers.RepeatedScalarFieldContainer[str]
@@ -105,7 +110,8 @@ class CandidateColumns(_message.Message):
     idle_steps: _containers.RepeatedScalarFieldContainer[int]
     promoted_steps_left: _containers.RepeatedScalarFieldContainer[int]
     protected: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., prompts: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[bool]] = ..., num_tokens: _Optional[_Iterable[int]] = ..., priorities: _Optional[_Iterable[int]] = ..., idle_steps: _Optional[_Iterable[int]] = ..., promoted_steps_left: _Optional[_Iterable[int]] = ..., protected: _Optional[_Iterable[bool]] = ...) -> None: ...
+    overtakes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., prompts: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[bool]] = ..., num_tokens: _Optional[_Iterable[int]] = ..., priorities: _Optional[_Iterable[int]] = ..., idle_steps: _Optional[_Iterable[int]] = ..., promoted_steps_left: _Optional[_Iterable[int]] = ..., protected: _Optional[_Iterable[bool]] = ..., overtakes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NextBatchRequest(_message.Message):
     __slots__ = ("candidates", "columns", "budget", "guard")
@@ -120,13 +126,14 @@ class NextBatchRequest(_message.Message):
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., columns: _Optional[_Union[CandidateColumns, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., guard: _Optional[_Union[StarvationGuard, _Mapping]] = ...) -> None: ...
 
 class NextBatchResponse(_message.Message):
-    __slots__ = ("order", "num_scheduled", "preempted", "idle_steps", "promoted_steps_left", "protected", "scores", "unscored", "model_version")
+    __slots__ = ("order", "num_scheduled", "preempted", "idle_steps", "promoted_steps_left", "protected", "overtakes", "scores", "unscored", "model_version")
     ORDER_FIELD_NUMBER: _ClassVar[int]
     NUM_SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     PREEMPTED_FIELD_NUMBER: _ClassVar[int]
     IDLE_STEPS_FIELD_NUMBER: _ClassVar[int]
     PROMOTED_STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_FIELD_NUMBER: _ClassVar[int]
+    OVERTAKES_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     UNSCORED_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -136,10 +143,11 @@ class NextBatchResponse(_message.Message):
     idle_steps: _containers.RepeatedScalarFieldContainer[int]
     promoted_steps_left: _containers.RepeatedScalarFieldContainer[int]
     protected: _containers.RepeatedScalarFieldContainer[bool]
+    overtakes: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     unscored: _containers.RepeatedScalarFieldContainer[int]
     model_version: str
-    def __init__(self, order: _Optional[_Iterable[int]] = ..., num_scheduled: _Optional[int] = ..., preempted: _Optional[_Iterable[int]] = ..., idle_steps: _Optional[_Iterable[int]] = ..., promoted_steps_left: _Optional[_Iterable[int]] = ..., protected: _Optional[_Iterable[bool]] = ..., scores: _Optional[_Iterable[float]] = ..., unscored: _Optional[_Iterable[int]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, order: _Optional[_Iterable[int]] = ..., num_scheduled: _Optional[int] = ..., preempted: _Optional[_Iterable[int]] = ..., idle_steps: _Optional[_Iterable[int]] = ..., promoted_steps_left: _Optional[_Iterable[int]] = ..., protected: _Optional[_Iterable[bool]] = ..., overtakes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., unscored: _Optional[_Iterable[int]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ModelInfoRequest(_message.Message):
     __slots__ = ()

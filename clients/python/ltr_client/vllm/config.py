@@ -23,6 +23,7 @@ ENV_VARS = {
     "deadline_ms": "LTR_DEADLINE_MS",
     "starvation_threshold": "LTR_STARVATION_THRESHOLD",
     "starvation_quantum": "LTR_STARVATION_QUANTUM",
+    "starvation_overtakes": "LTR_STARVATION_OVERTAKES",
     "max_batch": "LTR_MAX_BATCH",
     "max_prompt_tokens": "LTR_MAX_PROMPT_TOKENS",
     "breaker_failures": "LTR_BREAKER_FAILURES",
@@ -46,9 +47,13 @@ class LTRConfig:
     # Deadline of one Score call. It bounds how stale a score can be, never a
     # scheduling step: steps do not wait for scores.
     deadline_ms: float = 200.0
-    # The starvation guard, in engine steps (ordering.StarvationGuard); threshold 0 disables it.
+    # The starvation guard (ordering.StarvationGuard): promote a waiting
+    # request after this many idle engine steps (0: never), or once this many
+    # later arrivals have been admitted ahead of it (0: never), for this many
+    # executed steps (0 disables the guard).
     starvation_threshold: int = ordering.DEFAULT_THRESHOLD_STEPS
     starvation_quantum: int = ordering.DEFAULT_QUANTUM_STEPS
+    starvation_overtakes: int = ordering.DEFAULT_MAX_OVERTAKES
     # Most prompts in one Score call.
     max_batch: int = 64
     # Prompts are cut to this many of the *engine's* tokens before decoding to
@@ -81,8 +86,8 @@ class LTRConfig:
             raise ValueError("ltr: target must not be empty")
         if self.deadline_ms <= 0 or self.breaker_reset_s <= 0:
             raise ValueError("ltr: deadline_ms and breaker_reset_s must be positive")
-        if self.starvation_threshold < 0 or self.starvation_quantum < 0:
-            raise ValueError("ltr: starvation_threshold and starvation_quantum must be >= 0")
+        if min(self.starvation_threshold, self.starvation_quantum, self.starvation_overtakes) < 0:
+            raise ValueError("ltr: starvation_threshold, starvation_quantum and starvation_overtakes must be >= 0")
         if self.max_batch < 1 or self.max_prompt_tokens < 1 or self.breaker_failures < 1:
             raise ValueError("ltr: max_batch, max_prompt_tokens and breaker_failures must be >= 1")
         if bool(self.tls_client_cert) != bool(self.tls_client_key):
@@ -92,7 +97,7 @@ class LTRConfig:
 
     @property
     def guard(self) -> ordering.StarvationGuard:
-        return ordering.StarvationGuard(self.starvation_threshold, self.starvation_quantum)
+        return ordering.StarvationGuard(self.starvation_threshold, self.starvation_quantum, self.starvation_overtakes)
 
     @classmethod
     def load(cls, additional_config: object = None, environ: Mapping[str, str] | None = None) -> LTRConfig:

@@ -16,6 +16,7 @@ all the list is left untouched, which is exactly FCFS.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,9 +52,49 @@ class RankState:
     # request would run one quantum per promotion and wait out the threshold
     # again in between, and the guard would bound nothing.
     protected: bool = False
+    # The scheduler's step counter when it arrived, and its overtake count
+    # when it last entered the queue (nonzero only after a preemption): see
+    # AdmissionLog.
+    arrival_step: int = 0
+    overtake_base: int = 0
+    # Set at its first admission, which is what AdmissionLog records.
+    admitted: bool = False
 
 
 _NO_STATE = RankState()
+
+
+class AdmissionLog:
+    """Arrival steps of the admitted requests: how many later arrivals overtook a waiting request.
+
+    Every admitted request that arrived in a later step than a waiting one
+    started first although it came later, so the overtake count is a rank
+    query, with no per-step work for the requests that wait. Requests that
+    arrive between the same two steps (a burst) do not overtake one another:
+    their first-come-first-served order is an accident of submission. Only
+    first admissions count. A preempted request's count restarts
+    (`RankState.overtake_base`), so the admissions it saw while running are
+    not held against the others.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[int] = []  # sorted; steps before every live request's arrival are pruned
+        self.total = 0  # admissions recorded, pruned or not
+
+    def record(self, arrival_step: int) -> None:
+        bisect.insort(self._steps, arrival_step)
+        self.total += 1
+
+    def admitted_after(self, arrival_steps: np.ndarray) -> np.ndarray:
+        """For each arrival step, how many admitted requests arrived in a later step."""
+        return len(self._steps) - np.searchsorted(np.asarray(self._steps, dtype=np.int64), arrival_steps, side="right")
+
+    def forget_before(self, arrival_step: int) -> None:
+        """Drop entries before `arrival_step`: no live request arrived earlier."""
+        del self._steps[: bisect.bisect_left(self._steps, arrival_step)]
+
+    def __len__(self) -> int:
+        return len(self._steps)
 
 
 def state_of(item: Any) -> RankState:
@@ -71,9 +112,14 @@ class Ranking(Generic[T]):
     # items (their idle count reaches the threshold): until then, and unless
     # scores, priorities or membership change, ranking again changes nothing.
     next_promotion_step: float
+    # Likewise for the overtake trigger: the AdmissionLog.total at which one
+    # of them could first be due.
+    next_promotion_admissions: float = NEVER
 
 
-def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Ranking[T]:
+def rank(
+    items: Sequence[T], step: int, guard: ordering.StarvationGuard, admissions: AdmissionLog | None = None
+) -> Ranking[T]:
     """Rank `items` for scheduling step `step`.
 
     Items are first put back in first-come-first-served order: by their
@@ -84,7 +130,8 @@ def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Rank
     items are ordered by `ordering.priority_order` (starvation band, score,
     arrival) within the slots that scored items occupy; unscored items keep
     their FCFS slots. Items newly promoted by the starvation guard get their
-    quantum written back to their RankState.
+    quantum written back to their RankState. `admissions` gives the overtake
+    counts of waiting items; without it (the running list) they count zero.
     """
     # This runs on the engine's step path. The lists are short (the running
     # batch, the waiting queue), so it is written to make few numpy calls:
@@ -127,6 +174,11 @@ def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Rank
         if has_priority
         else np.zeros(num_scored, dtype=np.int64)
     )
+    overtakes = None
+    if admissions is not None and guard.max_overtakes > 0:
+        arrived = np.fromiter([s.arrival_step for s in sub_states], dtype=np.int64, count=num_scored)
+        bases = np.fromiter([s.overtake_base for s in sub_states], dtype=np.int64, count=num_scored)
+        overtakes = admissions.admitted_after(arrived) - bases
     candidates = ordering.Candidates(
         scores=scores,
         running=np.zeros(num_scored, dtype=bool),
@@ -134,29 +186,34 @@ def rank(items: Sequence[T], step: int, guard: ordering.StarvationGuard) -> Rank
         priority=priority,
         idle_steps=np.maximum(step - 1 - marks, 0),
         promoted_steps_left=promoted,
+        overtakes=overtakes,
     )
     ranked = ordering.priority_order(candidates, guard)
     order_arr, promoted_after = ranked.order, ranked.promoted_steps_left
-    next_promotion = NEVER
+    next_promotion = next_promotion_admissions = NEVER
     if guard.enabled:
         for k in np.flatnonzero(promoted_after != promoted).tolist():
             sub_states[k].promoted_steps_left = int(promoted_after[k])
             if promoted_after[k] > 0:
                 sub_states[k].protected = True
         unpromoted = promoted_after <= 0
-        if unpromoted.any():
+        if unpromoted.any() and guard.threshold_steps > 0:
             # idle = step - 1 - mark reaches the threshold at step mark + threshold + 1.
             next_promotion = float(marks[unpromoted].min()) + guard.threshold_steps + 1
+        if unpromoted.any() and overtakes is not None:
+            # Each admission adds at most one to any count.
+            assert admissions is not None
+            next_promotion_admissions = float(admissions.total + (guard.max_overtakes - overtakes[unpromoted]).min())
 
     order = order_arr.tolist()
     if order == list(range(num_scored)):
-        return Ranking(out, next_promotion)
+        return Ranking(out, next_promotion, next_promotion_admissions)
     if slots is None:
-        return Ranking([items[i] for i in order], next_promotion)
+        return Ranking([items[i] for i in order], next_promotion, next_promotion_admissions)
     result = list(items)
     for slot, src in zip(slots, order, strict=True):
         result[slot] = items[slots[src]]
-    return Ranking(result, next_promotion)
+    return Ranking(result, next_promotion, next_promotion_admissions)
 
 
 def _rank_key(item: Any) -> tuple[int, int, float] | None:

@@ -35,6 +35,7 @@ class LTRRequestQueue(FCFSRequestQueue):
         super().__init__(requests)
         self._stale = True
         self._next_promotion_step = ranking.NEVER
+        self._next_promotion_admissions = ranking.NEVER
 
     def invalidate(self) -> None:
         """The order may have changed (e.g. new scores): the next `rank()` recomputes it."""
@@ -53,13 +54,15 @@ class LTRRequestQueue(FCFSRequestQueue):
         super().prepend_requests(requests)
         self._stale = True
 
-    def rank(self, step: int, guard: ordering.StarvationGuard) -> bool:
+    def rank(self, step: int, guard: ordering.StarvationGuard, admissions: ranking.AdmissionLog | None = None) -> bool:
         """Reorder for scheduling step `step` with the shared policy if it can have changed; True if it did."""
-        if not self._stale and step < self._next_promotion_step:
+        admitted = admissions.total if admissions is not None else 0
+        if not self._stale and step < self._next_promotion_step and admitted < self._next_promotion_admissions:
             return False
-        result = ranking.rank(self, step, guard)
+        result = ranking.rank(self, step, guard, admissions)
         self._stale = False
         self._next_promotion_step = result.next_promotion_step
+        self._next_promotion_admissions = result.next_promotion_admissions
         if result.items is None:
             return False
         self.clear()

@@ -13,7 +13,8 @@ preemption) and changes only *order*, at three points:
    under KV-cache pressure, and gives the best-ranked requests the token
    budget first;
 3. after vLLM's `schedule`, the requests that ran get their starvation
-   counters updated.
+   counters updated, and first admissions go into the `AdmissionLog` that
+   the guard's overtake trigger counts from.
 
 With `preempt` on (off by default), a full batch also gives way as in the
 paper's Algorithm 1: before vLLM schedules, the worst-ranked running requests
@@ -33,6 +34,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
@@ -68,6 +70,8 @@ class LTRScheduler(Scheduler):
         self.ltr_config = LTRConfig.load(self.vllm_config.additional_config)
         self._guard = self.ltr_config.guard
         self._ltr_step = 0
+        # Only the overtake trigger of the guard reads it; empty otherwise.
+        self._admissions = ranking.AdmissionLog()
         self._running_tail: Request | None = None
         self._running_stale = True
         self._running_next_promotion_step = ranking.NEVER
@@ -104,7 +108,8 @@ class LTRScheduler(Scheduler):
 
     def _attach_state(self, request: Request) -> bool:
         try:
-            setattr(request, ranking.STATE_ATTR, ranking.RankState(mark=self._ltr_step))
+            step = self._ltr_step
+            setattr(request, ranking.STATE_ATTR, ranking.RankState(mark=step, arrival_step=step))
             return True
         except AttributeError:
             # A vLLM whose Request takes no new attributes (__slots__): the
@@ -119,17 +124,38 @@ class LTRScheduler(Scheduler):
         step = self._ltr_step
         if self.scorer is not None:
             self._apply_scores()
-        self.waiting.rank(step, self._guard)
+        self.waiting.rank(step, self._guard, self._admissions)
         self._rank_running(step)
         if self.ltr_config.preempt and self.running and self.waiting:
             self._preempt_for_rank(step)
         output = super().schedule(throttle_prefills)
         requests = self.requests
+        count_overtakes = self._guard.max_overtakes > 0
         for request_id in output.num_scheduled_tokens:
             state = getattr(requests.get(request_id), ranking.STATE_ATTR, None)
-            if state is not None and ranking.record_run(state, step):
+            if state is None:
+                continue
+            if ranking.record_run(state, step):
                 self._running_stale = True  # its promotion ended: it drops to its score's band
+            if count_overtakes and not state.admitted:
+                state.admitted = True
+                self._admissions.record(state.arrival_step)
+        if count_overtakes and len(self._admissions) > 1024 + 2 * len(requests):
+            self._prune_admissions()
         return output
+
+    def _prune_admissions(self) -> None:
+        live = (getattr(r, ranking.STATE_ATTR, None) for r in self.requests.values())
+        self._admissions.forget_before(min((st.arrival_step for st in live if st is not None), default=self._ltr_step))
+
+    def _preempt_request(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Every preemption comes through here: KV-cache pressure inside vLLM's
+        # schedule, and rank preemption below. The request is back in the
+        # queue; its overtake count restarts from now.
+        super()._preempt_request(request, *args, **kwargs)
+        state = getattr(request, ranking.STATE_ATTR, None)
+        if state is not None and self._guard.max_overtakes > 0:
+            state.overtake_base = int(self._admissions.admitted_after(np.array([state.arrival_step]))[0])
 
     def _rank_running(self, step: int) -> None:
         """Keep `running` best-first, re-ranking only when its order can have changed."""
@@ -165,7 +191,7 @@ class LTRScheduler(Scheduler):
             self._preempt_request(victim, now, drop_stale_output=self.requires_kv_delivery)
             self.ltr_preemptions += 1
         if victims:
-            self.waiting.rank(step, self._guard)  # the victims are back in the queue: put them in their places
+            self.waiting.rank(step, self._guard, self._admissions)  # the victims are back in the queue: put them in their places
 
     def _apply_scores(self) -> None:
         assert self.scorer is not None
