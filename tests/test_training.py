@@ -134,12 +134,14 @@ def test_train_export_evaluate_serve_learns_a_learnable_length_signal(tiny_base:
     data = tmp_path / "traces.jsonl"
     synthetic_traces(data)
     bundle = tmp_path / "bundle"
-    argv = ["train", "--data", str(data), "--base", str(tiny_base), "--out", str(bundle), "--max-length", "16",
+    # Trained on 16 tokens, shipped to read 14: the bundle is evaluated as it will be served.
+    argv = ["train", "--data", str(data), "--base", str(tiny_base), "--out", str(bundle), "--max-length", "16", "--export-max-length", "14",
             "--list-size", "32", "--epochs", "8", "--lr", "1e-3", "--head-lr", "1e-2", "--word-lr", "1e-2",
             "--eval-every", "10", "--patience", "0", "--freeze-layers", "1", "--no-progress", "--name", "tiny-ltr"]
     assert main(argv) == 0
 
     meta = load_bundle(bundle).metadata  # hashes verified
+    assert meta["max_length"] == 14 and meta["training"]["config"]["max_length"] == 16
     assert meta["parity"]["max_abs_diff"] <= 1e-3 and meta["parity"]["kendall_tau_b"] >= 0.999
     assert meta["base_model"]["license"] == "apache-2.0"
     split = meta["split"]
@@ -158,6 +160,7 @@ def test_train_export_evaluate_serve_learns_a_learnable_length_signal(tiny_base:
 
     sidecar = start_sidecar(model=bundle)
     with RankerClient(sidecar.target, timeout_s=10) as client:
+        assert client.model_info().max_input_tokens == 14
         result = client.score([ScoreItem("b", "please write a brief note about the river"), ScoreItem("e", "please write a essay note about the river")])
     assert not result.fallback and result.model_version == "tiny-ltr@0.1.0"
     assert result.scores["b"] > result.scores["e"]
@@ -170,3 +173,14 @@ def test_train_refuses_a_base_folder_without_a_tokenizer(tmp_path: Path, capsys)
     synthetic_traces(data, rows=80)
     assert main(["train", "--data", str(data), "--base", str(tmp_path), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
     assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_train_refuses_an_export_length_beyond_the_training_length(tiny_base: Path, tmp_path: Path, capsys):
+    from ltr_sidecar.cli import main
+
+    data = tmp_path / "traces.jsonl"
+    synthetic_traces(data, rows=80)
+    argv = ["train", "--data", str(data), "--base", str(tiny_base), "--out", str(tmp_path / "b"), "--max-length", "16",
+            "--export-max-length", "17", "--no-progress"]
+    assert main(argv) == 2
+    assert "--export-max-length 17" in capsys.readouterr().err

@@ -205,6 +205,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--min-test-size", type=int, default=0, help="fail if the test split has fewer rows")
     a("--label-tokenizer", default="", help="tokenizer.json whose token count of the response is the label (default: the base's)")
     a("--max-length", type=int, default=128, help="prompt tokens the model sees; longer prompts are truncated (as the server does)")
+    a("--export-max-length", type=int, default=0, help="the bundle's max_length, what the server will read: at most --max-length "
+      "(0: --max-length). Fewer tokens score faster; the bundle's evaluation is measured at this length")
     a("--loss", choices=["listmle", "pairwise"], default="listmle", help="ListMLE (the paper's) or pairwise logistic (RankNet)")
     a("--list-size", type=int, default=64, help="prompts per list; one list is one training step")
     a("--chunk-size", type=int, default=16, help="rows per forward pass inside a list (sorted by length to save padding)")

@@ -76,6 +76,7 @@ class TrainConfig:
     min_test_size: int = 0
     label_tokenizer: str = ""
     max_length: int = 128
+    export_max_length: int = 0
     loss: str = "listmle"
     list_size: int = 64
     chunk_size: int = 16
@@ -232,6 +233,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_rows = _subsample(train_rows, cfg.max_train_rows, cfg.seed, "train")
     val_rows = _subsample(list(split.val), cfg.val_size, cfg.seed, "val")
     test_rows = list(split.test)
+    if not 0 <= cfg.export_max_length <= cfg.max_length:
+        raise ValueError(f"--export-max-length {cfg.export_max_length} must be between 0 and --max-length {cfg.max_length}")
     if len(test_rows) < cfg.min_test_size:
         raise ValueError(f"the test split has {len(test_rows)} rows, fewer than --min-test-size {cfg.min_test_size}")
     if len(train_rows) < cfg.list_size or len(val_rows) < 2:
@@ -341,6 +344,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log.info("training done (%s) in %.0f s; best val tau-b %.4f at step %d", stop_reason, train_s, best_tau, best_step)
 
     # -- 5. export, parity, variants ------------------------------------------
+    # The bundle's max_length is what the server reads; the variants and the
+    # evaluation below see the prompts exactly as it will.
+    served_length = cfg.export_max_length or cfg.max_length
     variants_dir = Path(tempfile.mkdtemp(prefix="ltr-export-", dir=work))
     fp32 = export.export_onnx(model, variants_dir / "model.fp32.onnx")
     parity = export.check_parity(model, fp32, test_ids[: cfg.parity_prompts])
@@ -363,7 +369,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bundle_dir.mkdir()
         shutil.copyfile(path, bundle_dir / "model.onnx")
         shutil.copyfile(tokenizer_path, bundle_dir / "tokenizer.json")
-        write_metadata(bundle_dir, {"name": cfg.name, "version": cfg.version, "max_length": cfg.max_length,
+        write_metadata(bundle_dir, {"name": cfg.name, "version": cfg.version, "max_length": served_length,
                                     "runtime": {"session_config": export.SESSION_CONFIG[name]}})
         ranker = OnnxRanker(bundle_dir)
         scores, _ = score_bundle(ranker, test_prompts)
@@ -412,7 +418,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": cfg.name,
         "version": cfg.version,
-        "max_length": cfg.max_length,
+        "max_length": served_length,
         "score": "higher = shorter predicted output",
         "label": f"output length in tokens of {label_path.name} from {label_path.parent.name}",
         "inputs": {"input_ids": "int64 [batch, seq]", "attention_mask": "int64 [batch, seq]"},
