@@ -9,7 +9,7 @@ TRAIN_VENV ?= .venv-train
 TPY := $(TRAIN_VENV)/bin/python
 # The default ranker's recipe: README "Training a ranker" gives its figures.
 RANKER_FLAGS ?= --data sharegpt --all-turns --freeze-layers 2 --epochs 2 --eval-every 100 --patience 4 \
-	--time-budget-min 78 --min-test-size 2000 --name minilm-l6-listmle --version 1.0.0
+	--time-budget-min 78 --min-test-size 2000 --export-max-length 112 --name minilm-l6-listmle --version 1.0.0
 
 .PHONY: serve test proto ranker clean
 

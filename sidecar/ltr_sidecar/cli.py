@@ -60,7 +60,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--cache-size", "score cache entries, about 330 bytes each (0 disables the cache); raise it for a ranker shared by many engines", int, 16_384)
     a("--intra-op-threads", "ONNX Runtime threads per model call (0: one per core)", int, 0)
     a("--max-length", "prompt tokens the model reads, at most the bundle's max_length (0: the bundle's); fewer is faster "
-      "at a small cost in accuracy (default bundle on 2 CPU cores: 112 instead of 128 scores 108 instead of 98 prompts/s, tau-b 0.4245 instead of 0.4256)", int, 0)
+      "at a small cost in accuracy (the default bundle reads 112)", int, 0)
     a("--max-items", "most items per Score call and candidates per NextBatch call", int, 8192)
     a("--max-prompt-bytes", "longest prompt accepted, in UTF-8 bytes (prompts are truncated to the model's max tokens)", int, 1 << 20)
     a("--max-message-bytes", "largest gRPC message, either way", int, 64 << 20)
