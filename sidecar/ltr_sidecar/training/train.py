@@ -104,6 +104,10 @@ class TrainConfig:
 
 
 DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# The package carries the model card but no copy of the model's licence text, so a
+# reader of ranker.json needs to know where "apache-2.0" comes from.
+DEFAULT_BASE_LICENSE_NOTE = ("apache-2.0 is what the model card shipped in the package declares; the package ships no copy "
+                             "of the model's licence text (its own LICENSE file is an MIT licence for the packaging)")
 
 
 def default_base() -> str:
@@ -432,6 +436,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "hidden_size": encoder_config.hidden_size,
             "license": cfg.base_license or base_license(base) or "unknown",
             "license_files": [f"BASE_MODEL_{p.name}" for p in licences],
+            **({} if cfg.base else {"license_note": DEFAULT_BASE_LICENSE_NOTE}),
         },
         "data": {**source.info, "train_rows": len(train_rows), "all_turns": cfg.all_turns},
         "split": {**split.as_metadata(), "available": split.sizes(), "train": len(train_rows), "val": len(val_rows), "test": len(test_rows)},
