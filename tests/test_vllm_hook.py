@@ -308,6 +308,9 @@ def test_config_comes_from_env_then_additional_config_and_rejects_typos():
         LTRConfig.load({"ltr": {"treshold": 1}}, environ={})
     with pytest.raises(ValueError, match="LTR_DEADLINE_MS"):
         LTRConfig.load(None, environ={"LTR_DEADLINE_MS": "soon"})
+    assert LTRConfig.load(None, environ={"LTR_SCORE_WAIT_MS": "25"}).score_wait_ms == 25.0
+    with pytest.raises(ValueError, match="score_wait_ms"):
+        LTRConfig.load({"ltr": {"score_wait_ms": -1}}, environ={})
 
 
 # --------------------------------------------------------------------------
@@ -373,6 +376,35 @@ def test_long_requests_admitted_before_their_scores_give_their_slots_to_short_on
     assert mean_step(preempted, "short") < mean_step(kept, "short"), (mean_step(preempted, "short"), mean_step(kept, "short"))
     assert max(d.step for r, d in preempted.items() if r.startswith("short")) < min(d.step for r, d in preempted.items() if r.startswith("long"))
     assert {r: d.token_ids for r, d in preempted.items()} == {r: d.token_ids for r, d in fcfs.items()}, "recomputed, not changed"
+
+
+def test_with_score_wait_a_burst_is_ranked_before_its_first_admission(llm: LLM, fcfs: dict[str, Done], start_sidecar):
+    scheduler = install(llm, LTRScheduler, target=start_sidecar().target, score_wait_ms=30_000)
+    submit(llm, MIXED)
+    done = drive(llm)  # the test does not wait for scores: the hook does
+
+    # Even the first admissions were ranked: no long request ran before every short one finished.
+    assert max(d.step for r, d in done.items() if r.startswith("short")) < min(d.step for r, d in done.items() if r.startswith("long"))
+    assert scheduler.ltr_score_waits == 1, "one burst of arrivals, one wait"
+    assert {r: d.token_ids for r, d in done.items()} == {r: d.token_ids for r, d in fcfs.items()}
+
+
+def test_score_wait_never_waits_when_every_waiting_request_gets_a_slot(llm: LLM, start_sidecar):
+    scheduler = install(llm, LTRScheduler, target=start_sidecar().target, score_wait_ms=30_000)
+    submit(llm, MIXED[:MAX_NUM_SEQS])  # a slot for each: the order decides nothing
+    done = drive(llm)
+    assert len(done) == MAX_NUM_SEQS and scheduler.ltr_score_waits == 0
+
+
+def test_score_wait_with_a_dead_sidecar_ends_when_the_calls_fail_and_gives_fcfs(llm: LLM, fcfs: dict[str, Done], start_sidecar):
+    sidecar = start_sidecar()
+    sidecar.stop()
+    scheduler = install(llm, LTRScheduler, target=sidecar.target, breaker_failures=1, deadline_ms=100, score_wait_ms=60_000)
+    submit(llm, MIXED)
+    done = drive(llm)
+    assert done == fcfs
+    # Refused connections fail at once, so the wait ends with them, long before score_wait_ms.
+    assert scheduler.ltr_score_waits == 1 and scheduler.ltr_score_wait_s < 30, scheduler.ltr_score_wait_s
 
 
 @pytest.mark.parametrize("preempt", [False, True], ids=["vllm-preemption-only", "rank-preemption"])

@@ -6,7 +6,9 @@ preemption) and changes only *order*, at three points:
 
 1. `add_request` hands the prompt to a background scorer (no network, no
    decoding on the engine thread);
-2. `schedule` applies the scores that have arrived, re-ranks the waiting queue
+2. `schedule` applies the scores that have arrived (waiting for those in
+   flight first, at most `score_wait_ms`, when it must choose which waiting
+   requests get free slots), re-ranks the waiting queue
    (`LTRRequestQueue.rank`) and the running list with the shared policy, then
    runs vLLM's own `schedule`. Sorting `running` best-first makes vLLM's FCFS
    victim choice, `running.pop()`, preempt the lowest-ranked running request
@@ -22,7 +24,8 @@ are preempted (vLLM's own preemption: blocks freed, recomputed on resume) for
 better-ranked waiting ones (`ranking.preemption_victims`). This matters most
 right after a burst, when the first batch is admitted before any score has
 arrived: without it, long requests admitted unranked hold their slots to the
-end. With `preempt` off, running requests keep their slots until they finish
+end. `score_wait_ms` is the other remedy: the step waits (bounded) for the
+burst's scores instead of admitting it unranked. With `preempt` off, running requests keep their slots until they finish
 unless KV memory runs out, as in stock vLLM; on the CPU benchmark that was
 the better default (preemption's recomputation cost more than it gained).
 """
@@ -78,6 +81,10 @@ class LTRScheduler(Scheduler):
         self._warned_no_state = False
         # Requests preempted for rank (not for KV memory), for tests and benchmarks.
         self.ltr_preemptions = 0
+        # Steps that waited for scores (score_wait_ms), and the seconds they waited.
+        self.ltr_score_waits = 0
+        self.ltr_score_wait_s = 0.0
+        self._waited_through = 0  # the scorer's submission count when the last wait began
         # The hook's queue is FCFS underneath and does priority and rank
         # itself. vLLM's PRIORITY branch would pick preemption victims by
         # (priority, arrival) alone, ignoring the rank, so the hook always
@@ -123,6 +130,7 @@ class LTRScheduler(Scheduler):
         self._ltr_step += 1
         step = self._ltr_step
         if self.scorer is not None:
+            self._wait_for_contested_scores()
             self._apply_scores()
         self.waiting.rank(step, self._guard, self._admissions)
         self._rank_running(step)
@@ -192,6 +200,23 @@ class LTRScheduler(Scheduler):
             self.ltr_preemptions += 1
         if victims:
             self.waiting.rank(step, self._guard, self._admissions)  # the victims are back in the queue: put them in their places
+
+    def _wait_for_contested_scores(self) -> None:
+        """Give scores in flight up to `score_wait_ms` to arrive, if this step must choose who gets the free slots."""
+        scorer = self.scorer
+        assert scorer is not None
+        wait_s = self.ltr_config.score_wait_ms / 1000
+        if wait_s <= 0 or scorer.in_flight <= 0 or scorer.submitted <= self._waited_through:
+            return
+        free_slots = self.max_num_running_reqs - len(self.running)
+        # With room for every waiting request the order decides nothing: no wait.
+        if free_slots <= 0 or len(self.waiting) <= free_slots or scorer.client.breaker.is_open:
+            return
+        self._waited_through = scorer.submitted
+        t0 = time.perf_counter()
+        scorer.wait_idle(wait_s)
+        self.ltr_score_wait_s += time.perf_counter() - t0
+        self.ltr_score_waits += 1
 
     def _apply_scores(self) -> None:
         assert self.scorer is not None

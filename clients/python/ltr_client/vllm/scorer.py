@@ -75,8 +75,18 @@ class BackgroundScorer:
             out.append(results.popleft())
         return out
 
+    @property
+    def submitted(self) -> int:
+        """Prompts submitted so far."""
+        return self._submitted
+
+    @property
+    def in_flight(self) -> int:
+        """Prompts submitted and not yet scored or given up on."""
+        return self._submitted - self._done
+
     def wait_idle(self, timeout_s: float) -> bool:
-        """Block until every prompt submitted so far was scored or given up on. For tests and benchmarks only."""
+        """Block until every prompt submitted so far was scored or given up on, or `timeout_s` passed; True if idle."""
         with self._progress:
             target = self._submitted
             return self._progress.wait_for(lambda: self._done >= target, timeout_s)
