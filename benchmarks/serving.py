@@ -19,6 +19,12 @@ fresh in-process vLLM engine each:
                 (`starvation_overtakes` = 2 x --max-num-seqs): a request is
                 promoted once that many later arrivals have started before it,
                 which bounds its wait relative to FCFS at any load;
+- ltr-instant:  `ltr` as it runs when the sidecar scores a step's arrivals
+                within that step (a GPU sidecar for a MiniLM ranker): the hook
+                waits for every contested score (`score_wait_ms`) and the step
+                clock does not count that wait. On this CPU the ranker costs
+                about as much per prompt as the tiny engine's step, so `ltr`
+                admits a burst's first batch before its scores;
 - oracle:       vLLM's priority scheduling with priority = the true output
                 length: shortest job first without preemption (vLLM preempts
                 only when KV memory runs out), with perfect knowledge;
@@ -64,7 +70,9 @@ set_vllm_env()
 # vLLM logs dozens of lines per engine start; the benchmark's own lines are the ones to read.
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
-POLICIES = ("fcfs", "ltr", "ltr-noguard", "ltr-preempt", "ltr-fair", "oracle", "bucket")
+POLICIES = ("fcfs", "ltr", "ltr-noguard", "ltr-preempt", "ltr-fair", "ltr-instant", "oracle", "bucket")
+# ltr-instant's score_wait_ms: long enough for any batch of this CPU sidecar.
+INSTANT_SCORE_WAIT_MS = 60_000.0
 # The synthetic budget when no FCFS burst runs to derive it from and --synthetic-budget-s is not given.
 NO_FCFS_BUDGET_S = 60.0
 WORKLOADS = ("burst", "online", "synthetic")
@@ -138,6 +146,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the hook's deadline_ms: a CPU sidecar needs seconds for a batch; on a GPU the hook's 200 ms default fits",
     )
     g.add_argument("--ltr-max-batch", type=int, default=16, help="the hook's max_batch: smaller batches get the first scores back sooner on a CPU sidecar")
+    g.add_argument(
+        "--ltr-score-wait-ms",
+        type=float,
+        default=0.0,
+        help="the hook's score_wait_ms for every LTR policy but ltr-instant: how long a step may wait for scores in flight when it must "
+        "choose among waiting requests (0, the hook's default: never). With --clock steps the waits count as time",
+    )
     g.add_argument(
         "--guard-sweep",
         default="",
@@ -277,10 +292,13 @@ class Policy:
     scheduling_policy: str  # vLLM's: "fcfs" or "priority"
     ltr: dict[str, Any] | None = None  # the hook's additional_config["ltr"]
     priority: Callable[[TraceRequest], int] | None = None
+    # The step clock counts the hook's waits for scores (score_wait_ms) as
+    # time, unless the policy models a sidecar that scores within a step.
+    free_score_waits: bool = False
 
 
 def make_policies(args: argparse.Namespace, target: str, bucket_priority: Callable[[TraceRequest], int] | None) -> dict[str, Policy]:
-    hook = {"target": target, "deadline_ms": args.ltr_deadline_ms, "max_batch": args.ltr_max_batch}
+    hook = {"target": target, "deadline_ms": args.ltr_deadline_ms, "max_batch": args.ltr_max_batch, "score_wait_ms": args.ltr_score_wait_ms}
     policies = {
         "fcfs": Policy("fcfs", None, "fcfs"),
         # Guard settings left out: the hook's defaults (or LTR_STARVATION_* from the environment) apply.
@@ -290,6 +308,9 @@ def make_policies(args: argparse.Namespace, target: str, bucket_priority: Callab
         ),
         "ltr-preempt": Policy("ltr-preempt", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "preempt": True}),
         "ltr-fair": Policy("ltr-fair", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "starvation_overtakes": 2 * args.max_num_seqs}),
+        "ltr-instant": Policy(
+            "ltr-instant", "ltr_client.vllm.LTRScheduler", "fcfs", {**hook, "score_wait_ms": INSTANT_SCORE_WAIT_MS}, free_score_waits=True
+        ),
         "oracle": Policy("oracle", None, "priority", priority=lambda r: r.max_tokens),
     }
     if bucket_priority is not None:
@@ -435,6 +456,9 @@ class WallClock:
     def stepped(self) -> None:
         pass
 
+    def waited(self, seconds: float) -> None:
+        pass  # already on the wall clock
+
 
 class StepClock:
     """Virtual seconds: every engine step advances the clock by `step_s`, and an idle engine jumps to the next arrival.
@@ -457,6 +481,10 @@ class StepClock:
 
     def stepped(self) -> None:
         self.t += self.step_s
+
+    def waited(self, seconds: float) -> None:
+        """The engine stood still this long between steps (the hook waited for scores)."""
+        self.t += seconds
 
 
 def run_workload(
@@ -503,10 +531,14 @@ def run_workload(
     ids = list(records)
     added: list[str] = []
     internal_id: dict[str, str] = {}  # vLLM appends a random suffix to each request id
-    scores_seen: dict[str, float] = {}
+    # The engine's Request objects, whose rank state outlives their stay in
+    # the scheduler (a request admitted and finished in one step leaves it
+    # before the harness can look).
+    engine_requests: dict[str, Any] = {}
     bar = tqdm(total=len(requests), desc=f"{policy.name:>12s} {workload:<12s}", unit="req", disable=not progress, file=sys.stderr, leave=True)
     steps = next_i = 0
     aborted = 0
+    waited_s = 0.0
     clock = clock or WallClock()
     wall0 = time.perf_counter()
     while True:
@@ -523,6 +555,8 @@ def run_workload(
             )
             prompt = {"prompt_token_ids": list(requests[i].prompt_ids)}
             internal_id[rec.request_id] = engine.add_request(rec.request_id, prompt, params, priority=rec.priority)
+            if is_ltr:
+                engine_requests[rec.request_id] = scheduler.requests.get(internal_id[rec.request_id])
             rec.arrival_step = steps
             added.append(rec.request_id)
             next_i += 1
@@ -536,16 +570,12 @@ def run_workload(
             engine.abort_request(unfinished)
             aborted = len(unfinished) + len(order) - next_i  # the never-added ones count as aborted too
             break
-        if is_ltr:
-            # Scores of the waiting requests before the step: the fallback
-            # for a request that is admitted and finishes within one step,
-            # which leaves the scheduler before it can be looked at.
-            for request in scheduler.waiting:
-                state = getattr(request, ranking.STATE_ATTR, None)
-                if state is not None and not math.isnan(state.score):
-                    scores_seen[request.request_id] = state.score
         outputs = engine.step()
         steps += 1
+        if is_ltr and scheduler.ltr_score_wait_s != waited_s:
+            if not policy.free_score_waits:
+                clock.waited(scheduler.ltr_score_wait_s - waited_s)
+            waited_s = scheduler.ltr_score_wait_s
         clock.stepped()
         t = clock.now()
         for out in outputs:
@@ -555,8 +585,7 @@ def run_workload(
                 rec.first_token, rec.first_token_step = t, steps
                 if is_ltr:
                     # The step's schedule() applied the scores that had arrived before ranking: this is the score it admitted the request with.
-                    score = getattr(getattr(scheduler.requests.get(internal_id[rec.request_id]), ranking.STATE_ATTR, None), "score", math.nan)
-                    score = scores_seen.get(internal_id[rec.request_id], math.nan) if math.isnan(score) else score
+                    score = getattr(getattr(engine_requests.get(rec.request_id), ranking.STATE_ATTR, None), "score", math.nan)
                     rec.score_at_admission = None if math.isnan(score) else score
             rec.output_tokens += new_tokens
             if out.finished:
@@ -564,7 +593,12 @@ def run_workload(
                 bar.update(1)
     wall = time.perf_counter() - wall0
     bar.close()
-    return Run(policy.name, workload, list(records.values()), wall, steps, aborted, {"ltr": is_ltr})
+    extra: dict[str, Any] = {"ltr": is_ltr}
+    if is_ltr:
+        extra["score_waits"] = scheduler.ltr_score_waits
+        extra["score_wait_s"] = scheduler.ltr_score_wait_s
+        extra["score_waits_on_clock"] = not policy.free_score_waits
+    return Run(policy.name, workload, list(records.values()), wall, steps, aborted, extra)
 
 
 def warm_up(llm: Any, requests: Sequence[TraceRequest]) -> None:
@@ -632,6 +666,10 @@ def summarize(run: Run, first_k: int | None = None, budget_s: float | None = Non
         # them (an idle engine, or the first max_num_seqs of a burst): those
         # keep their FCFS slots.
         summary["scored_at_admission"] = sum(r.score_at_admission is not None for r in admitted) / len(admitted)
+    if run.extra.get("score_waits"):
+        summary["score_waits"] = run.extra["score_waits"]
+        summary["score_wait_s"] = run.extra["score_wait_s"]
+        summary["score_waits_on_clock"] = run.extra["score_waits_on_clock"]
     if first_k is not None:
         summary["first_k"] = first_k
         summary["time_to_first_k_s"] = finishes[first_k - 1] if len(finishes) >= first_k else math.nan
@@ -701,6 +739,26 @@ def figures(summaries: dict[str, dict[str, dict[str, Any]]], rates: list[float])
             fcfs, fair, oracle = (get(p, w, "latency", "mean") for p in ("fcfs", "ltr-fair", "oracle"))
             note = f"mean: {ratio(fair, fcfs):.3f} of FCFS, gain capture {ratio(fcfs - fair, fcfs - oracle):.3f}"
             out.append(Figure("LTR-fair / FCFS max latency", w, ratio(get("ltr-fair", w, "latency", "max"), get("fcfs", w, "latency", "max")), "<= 1.5", note))
+    if "ltr-instant" in summaries:
+        # The same figures with the scores in time for every admission: the
+        # policy without this CPU's ranker-to-engine cost ratio.
+        name = "LTR-instant (scores within a step, waits not on the clock)"
+        if online:
+            top = online[-1]
+            out.append(Figure(f"{name} / FCFS mean latency", top, ratio(get("ltr-instant", top, "latency", "mean"), get("fcfs", top, "latency", "mean")), "<= 0.5"))
+        for w in ["burst"] + [w for w, r in zip(online, rates, strict=True) if r >= 0.8]:
+            fcfs, instant, oracle = (get(p, w, "latency", "mean") for p in ("fcfs", "ltr-instant", "oracle"))
+            out.append(Figure(f"{name}: gain capture", w, ratio(fcfs - instant, fcfs - oracle), ">= 0.75", f"mean {ratio(instant, fcfs):.3f} of FCFS"))
+        out.append(
+            Figure(
+                f"{name}: FCFS / LTR time to first K",
+                "synthetic",
+                ratio(get("fcfs", "synthetic", "time_to_first_k_s"), get("ltr-instant", "synthetic", "time_to_first_k_s")),
+                ">= 3",
+            )
+        )
+        for w in ["burst"] + online:
+            out.append(Figure(f"{name} / FCFS max latency", w, ratio(get("ltr-instant", w, "latency", "max"), get("fcfs", w, "latency", "max")), "<= 1.5"))
     return out
 
 

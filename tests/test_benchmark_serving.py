@@ -66,7 +66,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
 
 def test_every_policy_completes_every_request_of_every_workload_with_its_planned_tokens(result):
     _, data, _ = result
-    policies = ["fcfs", "ltr", "ltr-noguard", "ltr-preempt", "ltr-fair", "oracle"] + ([] if "bucket" in data["skipped"] else ["bucket"])
+    policies = ["fcfs", "ltr", "ltr-noguard", "ltr-preempt", "ltr-fair", "ltr-instant", "oracle"] + ([] if "bucket" in data["skipped"] else ["bucket"])
     workloads = {"burst", "synthetic"} | {f"online@{r:g}" for r in RATES}
     runs = {(r["policy"], r["workload"]): r for r in data["runs"]}
     for policy in policies:
@@ -111,6 +111,12 @@ def test_the_oracle_ranks_by_true_length_and_the_hook_got_scores_from_the_sideca
         for summary in data["summaries"][policy].values():
             assert 0 <= summary["scored_at_admission"] <= 1
     assert "scored_at_admission" not in data["summaries"]["fcfs"]["burst"]
+    # ltr-instant waits for the scores of every request that competes for a slot, off the step clock.
+    for workload in ("burst", "synthetic"):
+        summary = data["summaries"]["ltr-instant"][workload]
+        assert summary["scored_at_admission"] == 1, workload
+        assert summary["score_waits"] >= 1 and summary["score_waits_on_clock"] is False, workload
+    assert data["hook_config"]["ltr-instant"]["score_wait_ms"] > 0 and data["hook_config"]["ltr"]["score_wait_ms"] == 0
 
 
 def test_results_json_is_strict_and_markdown_and_figures_are_well_formed(result):
