@@ -538,7 +538,9 @@ def run_workload(
     bar = tqdm(total=len(requests), desc=f"{policy.name:>12s} {workload:<12s}", unit="req", disable=not progress, file=sys.stderr, leave=True)
     steps = next_i = 0
     aborted = 0
-    waited_s = 0.0
+    # The scheduler's wait counters run for the engine's life, across workloads: count from here.
+    waits0 = scheduler.ltr_score_waits if is_ltr else 0
+    waited_s = waited0_s = scheduler.ltr_score_wait_s if is_ltr else 0.0
     clock = clock or WallClock()
     wall0 = time.perf_counter()
     while True:
@@ -595,8 +597,8 @@ def run_workload(
     bar.close()
     extra: dict[str, Any] = {"ltr": is_ltr}
     if is_ltr:
-        extra["score_waits"] = scheduler.ltr_score_waits
-        extra["score_wait_s"] = scheduler.ltr_score_wait_s
+        extra["score_waits"] = scheduler.ltr_score_waits - waits0
+        extra["score_wait_s"] = scheduler.ltr_score_wait_s - waited0_s
         extra["score_waits_on_clock"] = not policy.free_score_waits
     return Run(policy.name, workload, list(records.values()), wall, steps, aborted, extra)
 
