@@ -407,6 +407,20 @@ def test_score_wait_with_a_dead_sidecar_ends_when_the_calls_fail_and_gives_fcfs(
     assert scheduler.ltr_score_waits == 1 and scheduler.ltr_score_wait_s < 30, scheduler.ltr_score_wait_s
 
 
+def test_a_score_wait_that_runs_out_goes_on_unranked_counts_the_timeout_and_warns_once(llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog):
+    # A real sidecar that holds each batch 1.5 s for more prompts: slower than the 50 ms the step may wait.
+    sidecar = start_sidecar(max_batch_size=len(MIXED) + 1, max_delay_ms=1500)
+    scheduler = install(llm, LTRScheduler, target=sidecar.target, deadline_ms=10_000, score_wait_ms=50)
+    with caplog.at_level(logging.WARNING, logger="ltr_client.vllm.scheduler"):
+        submit(llm, MIXED)
+        done = drive(llm)
+    assert scheduler.ltr_score_waits == 1 and scheduler.ltr_score_wait_timeouts == 1
+    assert scheduler.ltr_score_wait_s < 1.0, "the step went on after score_wait_ms, not after the sidecar's 1.5 s"
+    assert {r: d.token_ids for r, d in done.items()} == {r: d.token_ids for r, d in fcfs.items()}, "nothing lost or changed"
+    warnings = [r.getMessage() for r in caplog.records if "score_wait_ms" in r.getMessage()]
+    assert len(warnings) == 1 and "went on without them" in warnings[0], warnings
+
+
 @pytest.mark.parametrize("preempt", [False, True], ids=["vllm-preemption-only", "rank-preemption"])
 def test_the_starvation_guard_bounds_a_long_request_under_a_stream_of_short_ones(llm: LLM, start_sidecar, preempt: bool):
     n, m, short_tokens = 6, 2, 3

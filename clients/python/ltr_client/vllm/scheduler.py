@@ -84,6 +84,8 @@ class LTRScheduler(Scheduler):
         # Steps that waited for scores (score_wait_ms), and the seconds they waited.
         self.ltr_score_waits = 0
         self.ltr_score_wait_s = 0.0
+        # Waits that ran out before every score came: the sidecar is slower than score_wait_ms allows.
+        self.ltr_score_wait_timeouts = 0
         self._waited_through = 0  # the scorer's submission count when the last wait began
         # The hook's queue is FCFS underneath and does priority and rank
         # itself. vLLM's PRIORITY branch would pick preemption victims by
@@ -214,9 +216,20 @@ class LTRScheduler(Scheduler):
             return
         self._waited_through = scorer.submitted
         t0 = time.perf_counter()
-        scorer.wait_idle(wait_s)
+        idle = scorer.wait_idle(wait_s)
         self.ltr_score_wait_s += time.perf_counter() - t0
         self.ltr_score_waits += 1
+        if not idle:
+            self.ltr_score_wait_timeouts += 1
+            # Once, then every 1,000th: a slow sidecar would otherwise log on every burst.
+            if self.ltr_score_wait_timeouts % 1000 == 1:
+                log.warning(
+                    "ltr: a step waited score_wait_ms=%g for %d scores in flight and went on without them "
+                    "(timeouts so far: %d); the sidecar scores slower than the wait allows",
+                    self.ltr_config.score_wait_ms,
+                    scorer.in_flight,
+                    self.ltr_score_wait_timeouts,
+                )
 
     def _apply_scores(self) -> None:
         assert self.scorer is not None
