@@ -25,9 +25,10 @@ better-ranked waiting ones (`ranking.preemption_victims`). This matters most
 right after a burst, when the first batch is admitted before any score has
 arrived: without it, long requests admitted unranked hold their slots to the
 end. `score_wait_ms` is the other remedy: the step waits (bounded) for the
-burst's scores instead of admitting it unranked. With `preempt` off, running requests keep their slots until they finish
-unless KV memory runs out, as in stock vLLM; on the CPU benchmark that was
-the better default (preemption's recomputation cost more than it gained).
+burst's scores instead of admitting it unranked. With `preempt` off, running
+requests keep their slots until they finish unless KV memory runs out, as in
+stock vLLM; on the CPU benchmark that was the better default (preemption's
+recomputation cost more than it gained).
 """
 
 from __future__ import annotations
