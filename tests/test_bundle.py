@@ -47,3 +47,16 @@ def test_file_names_with_paths_are_refused(bundle_copy):
     (bundle_copy / "ranker.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="must not contain a path"):
         load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("head_tokens", [-1, 64, 1.5, "8", True])
+def test_a_truncation_head_outside_the_bundles_length_is_refused_naming_the_field(bundle_copy, head_tokens):
+    meta = json.loads((bundle_copy / "ranker.json").read_text())
+    meta["truncation"] = {"head_tokens": head_tokens}
+    (bundle_copy / "ranker.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="truncation.head_tokens"):
+        load_bundle(bundle_copy)
+
+
+def test_a_bundle_without_truncation_reads_the_head_only(tiny_bundle):
+    assert load_bundle(tiny_bundle).head_tokens == 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ltr_sidecar.ranker import OnnxRanker, choose_providers
+from ltr_sidecar.tiny_bundle import build_tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +44,41 @@ def test_a_shorter_max_length_cuts_prompts_there_and_a_longer_one_is_refused(tin
     assert ranker.score_texts(["brief brief brief brief essay essay"])[0] < ranker.score_texts(["brief brief brief brief"])[0]
     with pytest.raises(ValueError, match="--max-length"):
         OnnxRanker(tiny_bundle, max_length=ranker.bundle.max_length + 1)
+
+
+@pytest.fixture(scope="module")
+def head_and_tail(tmp_path_factory):
+    bundle = build_tiny_bundle(tmp_path_factory.mktemp("ht") / "tiny", word_bias={"brief": 5.0, "essay": -5.0}, max_length=8, head_tokens=3)
+    return OnnxRanker(bundle)
+
+
+def test_a_bundle_that_keeps_the_tail_reads_a_long_prompts_start_and_end_and_skips_its_middle(head_and_tail):
+    r = head_and_tail
+    middle = "tell me a story " * 40
+    ids = r.tokenize(["brief essay " + middle + "brief brief brief brief essay"])[0]
+    assert len(ids) == 8
+    assert r.tokenizer.decode(ids) == r.tokenizer.decode(r.tokenize(["brief essay tell brief brief brief brief essay"])[0])
+    # The end counts: its last words change the score; the middle does not.
+    ends_brief, ends_essay = r.score_texts([middle + "brief " * 5, middle + "essay " * 5])
+    assert ends_brief > ends_essay
+    assert r.score_texts(["brief " + middle + "brief " * 5])[0] == pytest.approx(
+        r.score_texts(["brief " + middle.replace("story", "dragon") + "brief " * 5])[0], abs=1e-6
+    )
+    # A short prompt is read whole, as without the tail.
+    assert len(r.tokenize(["brief essay"])[0]) == 2
+
+
+def test_caller_token_ids_are_cut_exactly_like_text(head_and_tail):
+    r = head_and_tail
+    text = "brief " + "tell me a story " * 40 + "essay essay"
+    untruncated = r.tokenizer.encode(text).ids  # the caller's own tokenization: no cut
+    assert len(untruncated) > r.max_length
+    assert list(r.truncate([untruncated])[0]) == r.tokenize([text])[0]
+
+
+def test_a_shorter_serving_max_length_keeps_the_head_and_shortens_the_tail(head_and_tail):
+    shorter = OnnxRanker(head_and_tail.bundle, max_length=5)
+    ids = shorter.tokenize(["essay brief essay " + "tell me " * 30 + "brief brief"])[0]
+    assert shorter.tokenizer.decode(ids) == "essay brief essay brief brief"
+    # At or below the head there is no tail left: the start only.
+    assert OnnxRanker(head_and_tail.bundle, max_length=3).head_tokens == 0

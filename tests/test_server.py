@@ -56,6 +56,22 @@ def test_token_ids_are_scored_like_the_text_they_encode(sidecar):
     assert resp.scores[0].score == pytest.approx(resp.scores[1].score, abs=1e-6)
 
 
+def test_long_token_ids_are_cut_like_long_text_by_a_bundle_that_keeps_the_tail(start_sidecar, tmp_path):
+    from ltr_sidecar.tiny_bundle import build_tiny_bundle
+
+    bundle = build_tiny_bundle(tmp_path / "ht", word_bias={"brief": 5.0, "essay": -5.0}, max_length=8, head_tokens=3)
+    sidecar = start_sidecar(model=bundle)
+    text = "tell me " * 30 + "brief brief brief brief brief"
+    whole = sidecar.server.scorer.ranker.tokenizer.encode(text).ids  # the caller's tokenization, uncut
+    resp = sidecar.stub().Score(
+        pb.ScoreRequest(items=[pb.ScoreItem(request_id="a", prompt=text), pb.ScoreItem(request_id="b", token_ids=pb.TokenIds(ids=whole))]),
+        timeout=10,
+    )
+    assert len(whole) > 8 and resp.scores[0].score == pytest.approx(resp.scores[1].score, abs=1e-6)
+    # The tail was read: the same prompt ending in "essay" scores lower.
+    assert score(sidecar.stub(), "tell me " * 30 + "essay " * 5).scores[0].score < resp.scores[0].score
+
+
 def test_a_repeated_prompt_is_served_from_the_cache(sidecar):
     stub = sidecar.stub()
     first = score(stub, "summarize this article", ids=["a"]).scores[0]

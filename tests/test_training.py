@@ -134,14 +134,17 @@ def test_train_export_evaluate_serve_learns_a_learnable_length_signal(tiny_base:
     data = tmp_path / "traces.jsonl"
     synthetic_traces(data)
     bundle = tmp_path / "bundle"
-    # Trained on 16 tokens, shipped to read 14: the bundle is evaluated as it will be served.
+    # Trained on 16 tokens, shipped to read 14 (6 from a long prompt's start, the rest from its end):
+    # the bundle is evaluated as it will be served.
     argv = ["train", "--data", str(data), "--base", str(tiny_base), "--out", str(bundle), "--max-length", "16", "--export-max-length", "14",
+            "--head-tokens", "6",
             "--list-size", "32", "--epochs", "8", "--lr", "1e-3", "--head-lr", "1e-2", "--word-lr", "1e-2",
             "--eval-every", "10", "--patience", "0", "--freeze-layers", "1", "--no-progress", "--name", "tiny-ltr"]
     assert main(argv) == 0
 
     meta = load_bundle(bundle).metadata  # hashes verified
     assert meta["max_length"] == 14 and meta["training"]["config"]["max_length"] == 16
+    assert meta["truncation"] == {"head_tokens": 6}
     assert meta["parity"]["max_abs_diff"] <= 1e-3 and meta["parity"]["kendall_tau_b"] >= 0.999
     assert meta["base_model"]["license"] == "apache-2.0"
     split = meta["split"]
@@ -175,7 +178,7 @@ def test_train_refuses_a_base_folder_without_a_tokenizer(tmp_path: Path, capsys)
     assert "no tokenizer.json" in capsys.readouterr().err
 
 
-def test_train_refuses_an_export_length_beyond_the_training_length(tiny_base: Path, tmp_path: Path, capsys):
+def test_train_refuses_an_export_length_beyond_the_training_length_and_a_head_with_no_tail_left(tiny_base: Path, tmp_path: Path, capsys):
     from ltr_sidecar.cli import main
 
     data = tmp_path / "traces.jsonl"
@@ -184,3 +187,6 @@ def test_train_refuses_an_export_length_beyond_the_training_length(tiny_base: Pa
             "--export-max-length", "17", "--no-progress"]
     assert main(argv) == 2
     assert "--export-max-length 17" in capsys.readouterr().err
+    # A head as long as the bundle's length would leave no tail.
+    assert main([*argv[:-3], "--export-max-length", "12", "--head-tokens", "12", "--no-progress"]) == 2
+    assert "--head-tokens 12" in capsys.readouterr().err

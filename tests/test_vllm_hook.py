@@ -46,6 +46,7 @@ from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 from ltr_client import ordering  # noqa: E402
 from ltr_client.vllm import LTRAsyncScheduler, LTRConfig, LTRRequestQueue, LTRScheduler  # noqa: E402
 from ltr_client.vllm.ranking import AdmissionLog, RankState, preemption_victims, rank  # noqa: E402
+from ltr_client.vllm.scorer import head_and_tail  # noqa: E402
 
 # Prompts the tiny ranker (conftest.WORD_BIAS) scores far apart: "brief"
 # ranks shortest, "essay" longest. Words outside the LLM tokenizer's
@@ -297,6 +298,14 @@ def test_the_queue_promotes_a_request_overtaken_by_k_later_arrivals_and_reranks_
     fresh = Item("fresh", -5.0, arrival_step=0)
     fresh.ltr_state.overtake_base = 2
     assert rank([fresh, Item("best", 9.0, arrival_step=4)], 4, guard, log).items is not None and not fresh.ltr_state.protected
+
+
+def test_long_prompts_keep_both_ends_for_the_ranker_and_short_ones_stay_whole():
+    ids = list(range(100))
+    assert head_and_tail(ids, 10) == [*range(5), *range(95, 100)]
+    assert head_and_tail(ids, 7) == [0, 1, 2, 3, 97, 98, 99]
+    assert head_and_tail(ids, 100) is ids and head_and_tail(ids[:3], 10) == [0, 1, 2]
+    assert head_and_tail(ids, 1) == [0]
 
 
 def test_config_comes_from_env_then_additional_config_and_rejects_typos():

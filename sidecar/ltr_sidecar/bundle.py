@@ -49,6 +49,9 @@ class Bundle:
     max_length: int
     model_sha256: str
     metadata: dict[str, Any] = field(repr=False)
+    # Prompts longer than max_length keep this many tokens of their head and
+    # the rest from their tail (ranker.json "truncation"); 0: the head only.
+    head_tokens: int = 0
 
     @property
     def model_path(self) -> Path:
@@ -108,6 +111,10 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{meta_path}: needs 'name', 'version' and an integer 'max_length' ({e})") from e
     if max_length <= 0:
         raise BundleError(f"{meta_path}: max_length must be positive")
+    truncation = meta.get("truncation", {})
+    head_tokens = truncation.get("head_tokens", 0) if isinstance(truncation, dict) else None
+    if not (isinstance(head_tokens, int) and not isinstance(head_tokens, bool) and 0 <= head_tokens < max_length):
+        raise BundleError(f"{meta_path}: truncation.head_tokens must be an integer in [0, max_length), not {head_tokens!r}")
     return Bundle(
         path=path,
         name=name,
@@ -115,6 +122,7 @@ def load_bundle(path: str | Path) -> Bundle:
         max_length=max_length,
         model_sha256=files[MODEL_FILE]["sha256"],
         metadata=meta,
+        head_tokens=head_tokens,
     )
 
 

@@ -38,18 +38,45 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in AUTO_PROVIDERS if p in available] or available
 
 
-def load_tokenizer(path: str | Path, max_length: int) -> Tokenizer:
-    """A bundle's tokenizer set up as the server uses it: no padding, truncation at max_length."""
+def load_tokenizer(path: str | Path, max_length: int, head_tokens: int = 0) -> Tokenizer:
+    """A bundle's tokenizer set up as the server uses it: no padding; truncation at max_length unless the tail is kept too."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length)
+    if 0 < head_tokens < max_length:
+        tokenizer.no_truncation()  # `cut` keeps the head and the tail itself
+    else:
+        tokenizer.enable_truncation(max_length)
     return tokenizer
 
 
-def tokenize(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids for each prompt, truncated to max_length (training uses this too, so it sees what serving sees)."""
-    limit = max_length * MAX_CHARS_PER_TOKEN
-    return [e.ids for e in tokenizer.encode_batch([p[:limit] for p in prompts])]
+def cut(ids: Sequence[int], max_length: int, head_tokens: int = 0) -> Sequence[int]:
+    """At most max_length ids: a short row whole; of a longer one its first `head_tokens` and its last
+    max_length - head_tokens (0, or >= max_length: the first max_length).
+
+    Why the tail: a long prompt often ends with the instruction ("...summarise
+    this in three bullet points") after pasted text, and that instruction says
+    more about the answer's length than the text does. With a BERT-style
+    tokenizer the cut keeps [CLS] first and [SEP] last.
+    """
+    if len(ids) <= max_length:
+        return ids
+    if not 0 < head_tokens < max_length:
+        return ids[:max_length]
+    return [*ids[:head_tokens], *ids[len(ids) - (max_length - head_tokens) :]]
+
+
+def tokenize(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int, head_tokens: int = 0) -> list[list[int]]:
+    """Token ids for each prompt, cut to max_length by `cut` (training uses this too, so it sees what serving sees).
+
+    `tokenizer` must come from `load_tokenizer` with the same max_length and head_tokens.
+    """
+    if not 0 < head_tokens < max_length:
+        limit = max_length * MAX_CHARS_PER_TOKEN
+        return [e.ids for e in tokenizer.encode_batch([p[:limit] for p in prompts])]
+    head_chars, tail_chars = head_tokens * MAX_CHARS_PER_TOKEN, (max_length - head_tokens) * MAX_CHARS_PER_TOKEN
+    # The tokens kept lie within these characters at either end; the middle of a huge prompt is never tokenized.
+    texts = [p if len(p) <= head_chars + tail_chars else f"{p[:head_chars]} {p[-tail_chars:]}" for p in prompts]
+    return [list(cut(e.ids, max_length, head_tokens)) for e in tokenizer.encode_batch(texts)]
 
 
 def pad(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +103,9 @@ class OnnxRanker:
         if max_length < 0 or max_length > self.bundle.max_length:
             raise ValueError(f"--max-length: {max_length} is outside [0, {self.bundle.max_length}] (the bundle's max_length)")
         self.max_length = max_length or self.bundle.max_length
-        self.tokenizer = load_tokenizer(self.bundle.tokenizer_path, self.max_length)
+        # A shorter max_length keeps the bundle's head and shortens the tail.
+        self.head_tokens = self.bundle.head_tokens if self.bundle.head_tokens < self.max_length else 0
+        self.tokenizer = load_tokenizer(self.bundle.tokenizer_path, self.max_length, self.head_tokens)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -111,12 +140,12 @@ class OnnxRanker:
         return self.providers[0]
 
     def tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Token ids for each prompt, truncated to the bundle's max_length."""
-        return tokenize(self.tokenizer, prompts, self.max_length)
+        """Token ids for each prompt, cut to max_length as the bundle says (`cut`)."""
+        return tokenize(self.tokenizer, prompts, self.max_length, self.head_tokens)
 
     def truncate(self, token_ids: Sequence[Sequence[int]]) -> list[Sequence[int]]:
-        """Caller-tokenized ids, cut to max_length (the tokenizer's own truncation keeps the head too)."""
-        return [ids[: self.max_length] for ids in token_ids]
+        """Caller-tokenized ids, cut to max_length exactly as `tokenize` cuts text."""
+        return [cut(ids, self.max_length, self.head_tokens) for ids in token_ids]
 
     def score_texts(self, prompts: Sequence[str]) -> np.ndarray:
         return self.score_ids(self.tokenize(prompts))

@@ -92,7 +92,7 @@ class Scorer:
                 ids[i] = tokens
         for i, it in enumerate(items):
             if it.prompt is None:
-                ids[i] = it.token_ids[: self.ranker.max_length]  # type: ignore[index]
+                ids[i] = self.ranker.truncate([it.token_ids])[0]  # type: ignore[list-item]
         return np.asarray(self.ranker.score_ids(ids), dtype=np.float64).tolist()
 
 

@@ -111,12 +111,14 @@ def build_tiny_bundle(
     max_length: int = 64,
     seed: int = 0,
     name: str = "tiny-test-ranker",
+    head_tokens: int = 0,
 ) -> Path:
     """Write a complete bundle to `out_dir` and return its path.
 
     `word_bias` adds a fixed amount to the score per occurrence share of each
     word (the model averages it over the prompt's tokens); use large values
-    to make the ranking of test prompts known in advance.
+    to make the ranking of test prompts known in advance. `head_tokens` > 0
+    makes the bundle keep a long prompt's tail as well (ranker.json "truncation").
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,7 @@ def build_tiny_bundle(
             "name": name,
             "version": f"{dim}x{num_layers}-seed{seed}",
             "max_length": max_length,
+            **({"truncation": {"head_tokens": head_tokens}} if head_tokens else {}),
             "score": "higher = shorter predicted output (random weights: for tests only)",
             "base_model": {"name": "random init", "license": "Apache-2.0"},
             "evaluation": {},

@@ -77,6 +77,7 @@ class TrainConfig:
     label_tokenizer: str = ""
     max_length: int = 128
     export_max_length: int = 0
+    head_tokens: int = 0
     loss: str = "listmle"
     list_size: int = 64
     chunk_size: int = 16
@@ -239,6 +240,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     test_rows = list(split.test)
     if not 0 <= cfg.export_max_length <= cfg.max_length:
         raise ValueError(f"--export-max-length {cfg.export_max_length} must be between 0 and --max-length {cfg.max_length}")
+    if not 0 <= cfg.head_tokens < (cfg.export_max_length or cfg.max_length):
+        raise ValueError(f"--head-tokens {cfg.head_tokens} must be at least 0 and below the bundle's max_length")
     if len(test_rows) < cfg.min_test_size:
         raise ValueError(f"the test split has {len(test_rows)} rows, fewer than --min-test-size {cfg.min_test_size}")
     if len(train_rows) < cfg.list_size or len(val_rows) < 2:
@@ -249,8 +252,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
              int(np.median([e.output_tokens for e in train_rows])))
 
     # -- 2. tokenize as the server will --------------------------------------
-    tokenizer = load_tokenizer(tokenizer_path, cfg.max_length)
-    train_ids, val_ids, test_ids = (tokenize(tokenizer, [e.prompt for e in rows], cfg.max_length) for rows in (train_rows, val_rows, test_rows))
+    tokenizer = load_tokenizer(tokenizer_path, cfg.max_length, cfg.head_tokens)
+    train_ids, val_ids, test_ids = (
+        tokenize(tokenizer, [e.prompt for e in rows], cfg.max_length, cfg.head_tokens) for rows in (train_rows, val_rows, test_rows)
+    )
     train_len = torch.tensor([e.output_tokens for e in train_rows], dtype=torch.float64)
     val_tokens = np.array([e.output_tokens for e in val_rows])
 
@@ -351,6 +356,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # The bundle's max_length is what the server reads; the variants and the
     # evaluation below see the prompts exactly as it will.
     served_length = cfg.export_max_length or cfg.max_length
+    truncation = {"truncation": {"head_tokens": cfg.head_tokens}} if cfg.head_tokens else {}
     variants_dir = Path(tempfile.mkdtemp(prefix="ltr-export-", dir=work))
     fp32 = export.export_onnx(model, variants_dir / "model.fp32.onnx")
     parity = export.check_parity(model, fp32, test_ids[: cfg.parity_prompts])
@@ -373,7 +379,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bundle_dir.mkdir()
         shutil.copyfile(path, bundle_dir / "model.onnx")
         shutil.copyfile(tokenizer_path, bundle_dir / "tokenizer.json")
-        write_metadata(bundle_dir, {"name": cfg.name, "version": cfg.version, "max_length": served_length,
+        write_metadata(bundle_dir, {"name": cfg.name, "version": cfg.version, "max_length": served_length, **truncation,
                                     "runtime": {"session_config": export.SESSION_CONFIG[name]}})
         ranker = OnnxRanker(bundle_dir)
         scores, _ = score_bundle(ranker, test_prompts)
@@ -423,6 +429,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "name": cfg.name,
         "version": cfg.version,
         "max_length": served_length,
+        **truncation,
         "score": "higher = shorter predicted output",
         "label": f"output length in tokens of {label_path.name} from {label_path.parent.name}",
         "inputs": {"input_ids": "int64 [batch, seq]", "attention_mask": "int64 [batch, seq]"},

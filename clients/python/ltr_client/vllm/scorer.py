@@ -32,6 +32,20 @@ log = logging.getLogger(__name__)
 Detokenizer = Callable[[Sequence[int]], str]
 
 
+def head_and_tail(token_ids: Sequence[int], max_tokens: int) -> Sequence[int]:
+    """A prompt's ids cut to `max_tokens`: its first and last halves when longer.
+
+    Only bounds the decoding work and the message size: the ranker reads a
+    few hundred of its own tokens, from the start of the prompt and, with a
+    bundle that keeps the tail (ranker.json "truncation"), from its end, so
+    both ends must survive this cut.
+    """
+    if len(token_ids) <= max_tokens:
+        return token_ids
+    head = (max_tokens + 1) // 2
+    return [*token_ids[:head], *token_ids[len(token_ids) - (max_tokens - head) :]]
+
+
 class BackgroundScorer:
     """Scores submitted prompts in batches on a daemon thread; results are polled with `drain()`."""
 
@@ -135,7 +149,7 @@ class BackgroundScorer:
             batch = batch[:1]
         items = []
         for request_id, token_ids in batch:
-            text = detokenize(token_ids[: self.max_prompt_tokens])
+            text = detokenize(head_and_tail(token_ids, self.max_prompt_tokens))
             if text:  # the sidecar rejects empty prompts; unscored is the right answer
                 items.append(ScoreItem(request_id, prompt=text))
         result = self.client.score(items, timeout_s=self.deadline_s)
