@@ -9,7 +9,7 @@ TRAIN_VENV ?= .venv-train
 TPY := $(TRAIN_VENV)/bin/python
 # The default ranker's recipe: README "Training a ranker" gives its figures.
 RANKER_FLAGS ?= --data sharegpt --all-turns --freeze-layers 2 --epochs 2 --eval-every 100 --patience 4 \
-	--time-budget-min 78 --min-test-size 2000 --export-max-length 112 --loss pairwise --name minilm-l6-pairwise --version 1.1.0
+	--time-budget-min 78 --min-test-size 2000 --export-max-length 112 --head-tokens 80 --loss pairwise --name minilm-l6-pairwise --version 1.2.0
 
 .PHONY: serve test proto ranker clean
 
