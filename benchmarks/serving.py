@@ -98,8 +98,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-prompt-tokens",
         type=int,
         default=128,
-        help="prompts are cut to this many engine tokens: the default bundle reads only its first 128, "
+        help="prompts are cut to this many engine tokens: the default bundle reads at most 112, "
         "and on a CPU long prefills would crowd out the decode steps that ordering is about",
+    )
+    g.add_argument(
+        "--prompt-tail-tokens",
+        type=int,
+        default=32,
+        help="a prompt longer than --max-prompt-tokens keeps its last N tokens and fills the rest from its start, "
+        "so the ranker sees what it would read of the whole prompt (the default bundle reads a long prompt's first 80 "
+        "and last 32); 0 keeps only the start, as runs up to cpu-2core-steps-v5 did",
     )
     g.add_argument("--burst-requests", type=int, default=200, help="requests in the burst workload")
     g.add_argument("--online-requests", type=int, default=120, help="requests per online rate")
@@ -180,6 +188,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.guard_sweep = [_guard(pair) for pair in args.guard_sweep.split(",") if pair.strip()]
     if args.length_scale <= 0 or args.max_output_tokens < 1 or args.max_prompt_tokens < 1:
         p.error("--length-scale must be positive, --max-output-tokens and --max-prompt-tokens at least 1")
+    if not 0 <= args.prompt_tail_tokens < args.max_prompt_tokens:
+        p.error("--prompt-tail-tokens must be at least 0 and less than --max-prompt-tokens")
     if "online" in args.workloads and (not args.rates or min(args.rates) <= 0):
         p.error("--rates must be positive fractions")
     measures_capacity = "fcfs" in args.policies and "burst" in args.workloads
@@ -224,10 +234,17 @@ class TraceRequest:
     """One ShareGPT test example as the engine sees it."""
 
     sharegpt_id: str
-    prompt_ids: tuple[int, ...]  # engine tokens, cut to --max-prompt-tokens
+    prompt_ids: tuple[int, ...]  # engine tokens, cut by `cut_prompt`
     prompt_tokens: int  # before the cut
     recorded_tokens: int  # the recorded answer's length in engine tokens
     max_tokens: int  # what this benchmark generates: recorded / scale, capped
+
+
+def cut_prompt(ids: Sequence[int], args: argparse.Namespace) -> Sequence[int]:
+    """A prompt's engine tokens cut to --max-prompt-tokens, keeping its last --prompt-tail-tokens."""
+    from ltr_sidecar.ranker import cut
+
+    return cut(ids, args.max_prompt_tokens, args.max_prompt_tokens - args.prompt_tail_tokens)
 
 
 def generated_length(recorded_tokens: int, args: argparse.Namespace) -> int:
@@ -258,7 +275,7 @@ def load_trace(split: Any, tokenizer_json: Path, args: argparse.Namespace) -> li
     prompts = tok.encode_batch([e.prompt for e in test], add_special_tokens=False)
     responses = tok.encode_batch([e.response for e in test], add_special_tokens=False)
     trace = [
-        TraceRequest(e.id, tuple(p.ids[: args.max_prompt_tokens]), len(p.ids), len(r.ids), generated_length(len(r.ids), args))
+        TraceRequest(e.id, tuple(cut_prompt(p.ids, args)), len(p.ids), len(r.ids), generated_length(len(r.ids), args))
         for e, p, r in zip(test, prompts, responses, strict=True)
         if p.ids  # a prompt of characters the tokenizer drops entirely has nothing to serve
     ]
@@ -867,7 +884,8 @@ def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
         f"torch {result['machine']['versions']['torch']}, onnxruntime {result['machine']['versions']['onnxruntime']}.",
         f"Ranker: {result['ranker']['name']} {result['ranker']['version']}; engine: {result['engine']['model']}, "
         f"max_num_seqs {cfg['max_num_seqs']}. Seed {cfg['seed']}; max_tokens = recorded length / {cfg['length_scale']:g}, "
-        f"at most {cfg['max_output_tokens']}; capacity {fmt(result['capacity_rps'])} requests/s. Total {fmt(result['total_wall_s'], 0)} s.",
+        f"at most {cfg['max_output_tokens']}; prompts cut to {cfg['max_prompt_tokens']} tokens, "
+        f"the last {cfg.get('prompt_tail_tokens', 0)} kept; capacity {fmt(result['capacity_rps'])} requests/s. Total {fmt(result['total_wall_s'], 0)} s.",
         "Clock: wall (seconds on the machine's clock)."
         if result["clock"]["kind"] == "wall"
         else f"Clock: steps (virtual seconds, {1000 * result['clock']['step_s']:.2f} ms per engine step, arrivals on fixed steps).",
@@ -1016,7 +1034,7 @@ def fit_bucket(split: Any, tokenizer_json: Path, args: argparse.Namespace) -> tu
     # quantity it has to rank here, so that its buckets split that range.
     lengths = [generated_length(len(e.ids), args) for e in tok.encode_batch([x.response for x in train], add_special_tokens=False)]
     # And on the prompts as the engine holds them (cut, decoded), which is what it is asked to rank.
-    prompt_ids = [e.ids[: args.max_prompt_tokens] for e in tok.encode_batch([x.prompt for x in train], add_special_tokens=False)]
+    prompt_ids = [cut_prompt(e.ids, args) for e in tok.encode_batch([x.prompt for x in train], add_special_tokens=False)]
     prompts = decode_prompts(tokenizer_json, prompt_ids)
     try:
         model = BucketClassifier().fit(prompts, lengths)
