@@ -318,8 +318,12 @@ def test_config_comes_from_env_then_additional_config_and_rejects_typos():
     with pytest.raises(ValueError, match="LTR_DEADLINE_MS"):
         LTRConfig.load(None, environ={"LTR_DEADLINE_MS": "soon"})
     assert LTRConfig.load(None, environ={"LTR_SCORE_WAIT_MS": "25"}).score_wait_ms == 25.0
-    with pytest.raises(ValueError, match="score_wait_ms"):
-        LTRConfig.load({"ltr": {"score_wait_ms": -1}}, environ={})
+    for bad in (-1, float("nan"), float("inf"), 60_001):
+        with pytest.raises(ValueError, match="score_wait_ms"):
+            LTRConfig.load({"ltr": {"score_wait_ms": bad}}, environ={})
+    for bad in ("nan", "inf", "0"):
+        with pytest.raises(ValueError, match="deadline_ms"):
+            LTRConfig.load(None, environ={"LTR_DEADLINE_MS": bad})
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ loud, and the engine refuses to start before it has served anything.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -37,6 +38,10 @@ ENV_VARS = {
     "tls_client_key": "LTR_TLS_CLIENT_KEY",
 }
 ADDITIONAL_CONFIG_KEY = "ltr"
+
+
+# A longer wait for scores would stall the engine rather than rank it.
+MAX_SCORE_WAIT_MS = 60_000.0
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,10 @@ class LTRConfig:
     starvation_overtakes: int = ordering.DEFAULT_MAX_OVERTAKES
     # Most prompts in one Score call.
     max_batch: int = 64
-    # Prompts are cut to this many of the *engine's* tokens before decoding to
-    # text: the ranker only reads its first few hundred tokens anyway, and
-    # decoding a 100k-token prompt would only burn CPU.
+    # Prompts are cut to this many of the *engine's* tokens (the first and
+    # last halves) before decoding to text: a ranker reads a few hundred
+    # tokens from a prompt's ends at most, and decoding a 100k-token prompt
+    # would only burn CPU.
     max_prompt_tokens: int = 2048
     # Circuit breaker: open after this many consecutive failures, retry after this long.
     breaker_failures: int = 3
@@ -96,10 +102,12 @@ class LTRConfig:
     def __post_init__(self) -> None:
         if not self.target:
             raise ValueError("ltr: target must not be empty")
-        if self.deadline_ms <= 0 or self.breaker_reset_s <= 0:
-            raise ValueError("ltr: deadline_ms and breaker_reset_s must be positive")
-        if not self.score_wait_ms >= 0:
-            raise ValueError("ltr: score_wait_ms must be >= 0")
+        # Finite bounds: a NaN slips past comparisons, and an infinite timeout
+        # raises OverflowError inside the engine's schedule() call.
+        if not (0 < self.deadline_ms < math.inf and 0 < self.breaker_reset_s < math.inf):
+            raise ValueError("ltr: deadline_ms and breaker_reset_s must be positive and finite")
+        if not 0 <= self.score_wait_ms <= MAX_SCORE_WAIT_MS:
+            raise ValueError(f"ltr: score_wait_ms must be between 0 and {MAX_SCORE_WAIT_MS:g} (a wait holds up every running request)")
         if min(self.starvation_threshold, self.starvation_quantum, self.starvation_overtakes) < 0:
             raise ValueError("ltr: starvation_threshold, starvation_quantum and starvation_overtakes must be >= 0")
         if self.max_batch < 1 or self.max_prompt_tokens < 1 or self.breaker_failures < 1:
