@@ -22,7 +22,8 @@ fresh in-process vLLM engine each:
 - ltr-instant:  `ltr` as it runs when the sidecar scores a step's arrivals
                 within that step (a GPU sidecar for a MiniLM ranker): the hook
                 waits for every contested score (`score_wait_ms`) and the step
-                clock does not count that wait. On this CPU the ranker costs
+                clock does not count that wait (the wall clock, --clock wall,
+                cannot help counting it). On this CPU the ranker costs
                 about as much per prompt as the tiny engine's step, so `ltr`
                 admits a burst's first batch before its scores;
 - oracle:       vLLM's priority scheduling with priority = the true output
@@ -71,7 +72,8 @@ set_vllm_env()
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 POLICIES = ("fcfs", "ltr", "ltr-noguard", "ltr-preempt", "ltr-fair", "ltr-instant", "oracle", "bucket")
-# ltr-instant's score_wait_ms: long enough for any batch of this CPU sidecar.
+# ltr-instant's score_wait_ms: long enough for any batch of this CPU sidecar,
+# and the most the hook accepts (ltr_client.vllm.config.MAX_SCORE_WAIT_MS).
 INSTANT_SCORE_WAIT_MS = 60_000.0
 # The synthetic budget when no FCFS burst runs to derive it from and --synthetic-budget-s is not given.
 NO_FCFS_BUDGET_S = 60.0
@@ -106,8 +108,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=32,
         help="a prompt longer than --max-prompt-tokens keeps its last N tokens and fills the rest from its start, "
-        "so the ranker sees what it would read of the whole prompt (the default bundle reads a long prompt's first 80 "
-        "and last 32); 0 keeps only the start, as runs up to cpu-2core-steps-v5 did",
+        "so the ranker sees about what it would read of the whole prompt (the default bundle reads a long prompt's first 80 "
+        "and last 32 of its own tokens; the engine's may split differently); 0 keeps only the start, as runs up to "
+        "cpu-2core-steps-v5 did",
     )
     g.add_argument("--burst-requests", type=int, default=200, help="requests in the burst workload")
     g.add_argument("--online-requests", type=int, default=120, help="requests per online rate")
@@ -616,7 +619,7 @@ def run_workload(
     if is_ltr:
         extra["score_waits"] = scheduler.ltr_score_waits - waits0
         extra["score_wait_s"] = scheduler.ltr_score_wait_s - waited0_s
-        extra["score_waits_on_clock"] = not policy.free_score_waits
+        extra["score_waits_on_clock"] = not policy.free_score_waits or isinstance(clock, WallClock)
     return Run(policy.name, workload, list(records.values()), wall, steps, aborted, extra)
 
 
@@ -761,7 +764,8 @@ def figures(summaries: dict[str, dict[str, dict[str, Any]]], rates: list[float])
     if "ltr-instant" in summaries:
         # The same figures with the scores in time for every admission: the
         # policy without this CPU's ranker-to-engine cost ratio.
-        name = "LTR-instant (scores within a step, waits not on the clock)"
+        on_clock = any(summaries["ltr-instant"][w].get("score_waits_on_clock") for w in summaries["ltr-instant"])
+        name = f"LTR-instant (scores within a step, waits {'on' if on_clock else 'not on'} the clock)"
         if online:
             top = online[-1]
             out.append(Figure(f"{name} / FCFS mean latency", top, ratio(get("ltr-instant", top, "latency", "mean"), get("fcfs", top, "latency", "mean")), "<= 0.5"))
