@@ -144,7 +144,10 @@ class OnnxRanker:
         return tokenize(self.tokenizer, prompts, self.max_length, self.head_tokens)
 
     def truncate(self, token_ids: Sequence[Sequence[int]]) -> list[Sequence[int]]:
-        """Caller-tokenized ids, cut to max_length exactly as `tokenize` cuts text."""
+        """Caller-tokenized ids cut to max_length by `cut`: for a bundle that keeps the tail, exactly as
+        `tokenize` cuts text. For a head-only bundle text goes through the tokenizer's own truncation,
+        which keeps a final [SEP]; a long row of caller ids keeps its first max_length ids as sent.
+        """
         return [cut(ids, self.max_length, self.head_tokens) for ids in token_ids]
 
     def score_texts(self, prompts: Sequence[str]) -> np.ndarray:
