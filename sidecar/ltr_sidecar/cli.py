@@ -208,7 +208,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--export-max-length", type=int, default=0, help="the bundle's max_length, what the server will read: at most --max-length "
       "(0: --max-length). Fewer tokens score faster; the bundle's evaluation is measured at this length")
     a("--head-tokens", type=int, default=0, help="a prompt longer than the model reads keeps this many tokens from its start "
-      "and the rest from its end, where the instruction after pasted text usually is (0: the start only); recorded in the bundle")
+      "and the rest from its end, where the instruction after pasted text usually is (0: the start only); recorded in the bundle. "
+      "Training reads a tail of --max-length minus this, the bundle one of --export-max-length minus this: set them equal to "
+      "train on exactly what the server reads")
     a("--loss", choices=["listmle", "pairwise"], default="listmle", help="ListMLE (the paper's) or pairwise logistic (RankNet)")
     a("--list-size", type=int, default=64, help="prompts per list; one list is one training step")
     a("--chunk-size", type=int, default=16, help="rows per forward pass inside a list (sorted by length to save padding)")

@@ -252,6 +252,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
              int(np.median([e.output_tokens for e in train_rows])))
 
     # -- 2. tokenize as the server will --------------------------------------
+    # At --max-length: the bundle then reads the first --export-max-length of a
+    # head-only cut, but with --head-tokens a shorter tail than training saw.
+    if cfg.head_tokens and cfg.export_max_length and cfg.export_max_length < cfg.max_length:
+        log.warning("training reads the last %d tokens of a long prompt, the bundle only the last %d (--max-length %d, --export-max-length %d)",
+                    cfg.max_length - cfg.head_tokens, cfg.export_max_length - cfg.head_tokens, cfg.max_length, cfg.export_max_length)
     tokenizer = load_tokenizer(tokenizer_path, cfg.max_length, cfg.head_tokens)
     train_ids, val_ids, test_ids = (
         tokenize(tokenizer, [e.prompt for e in rows], cfg.max_length, cfg.head_tokens) for rows in (train_rows, val_rows, test_rows)
