@@ -38,11 +38,16 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in AUTO_PROVIDERS if p in available] or available
 
 
+def keeps_tail(max_length: int, head_tokens: int) -> bool:
+    """Whether a cut to max_length keeps a tail after `head_tokens` of head (else: the head only)."""
+    return 0 < head_tokens < max_length
+
+
 def load_tokenizer(path: str | Path, max_length: int, head_tokens: int = 0) -> Tokenizer:
     """A bundle's tokenizer set up as the server uses it: no padding; truncation at max_length unless the tail is kept too."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_padding()
-    if 0 < head_tokens < max_length:
+    if keeps_tail(max_length, head_tokens):
         tokenizer.no_truncation()  # `cut` keeps the head and the tail itself
     else:
         tokenizer.enable_truncation(max_length)
@@ -60,7 +65,7 @@ def cut(ids: Sequence[int], max_length: int, head_tokens: int = 0) -> Sequence[i
     """
     if len(ids) <= max_length:
         return ids
-    if not 0 < head_tokens < max_length:
+    if not keeps_tail(max_length, head_tokens):
         return ids[:max_length]
     return [*ids[:head_tokens], *ids[len(ids) - (max_length - head_tokens) :]]
 
@@ -70,7 +75,7 @@ def tokenize(tokenizer: Tokenizer, prompts: Sequence[str], max_length: int, head
 
     `tokenizer` must come from `load_tokenizer` with the same max_length and head_tokens.
     """
-    if not 0 < head_tokens < max_length:
+    if not keeps_tail(max_length, head_tokens):
         limit = max_length * MAX_CHARS_PER_TOKEN
         return [e.ids for e in tokenizer.encode_batch([p[:limit] for p in prompts])]
     head_chars, tail_chars = head_tokens * MAX_CHARS_PER_TOKEN, (max_length - head_tokens) * MAX_CHARS_PER_TOKEN
@@ -104,7 +109,7 @@ class OnnxRanker:
             raise ValueError(f"--max-length: {max_length} is outside [0, {self.bundle.max_length}] (the bundle's max_length)")
         self.max_length = max_length or self.bundle.max_length
         # A shorter max_length keeps the bundle's head and shortens the tail.
-        self.head_tokens = self.bundle.head_tokens if self.bundle.head_tokens < self.max_length else 0
+        self.head_tokens = self.bundle.head_tokens if keeps_tail(self.max_length, self.bundle.head_tokens) else 0
         self.tokenizer = load_tokenizer(self.bundle.tokenizer_path, self.max_length, self.head_tokens)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
