@@ -1,11 +1,11 @@
-"""Shared fixtures: a tiny bundle built in the test run, and a real sidecar on loopback."""
+"""Shared fixtures: a tiny bundle built in the test run, and a real sidecar on loopback (in this process or its own)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,6 +15,7 @@ from ltr_client.api import ranker_pb2_grpc as pbg
 from ltr_sidecar.config import ServerConfig
 from ltr_sidecar.server import SidecarServer
 from ltr_sidecar.tiny_bundle import build_tiny_bundle
+from tools.sidecar_process import SidecarProcess
 
 # Words whose effect on the tiny model's score is known: "brief" prompts rank
 # first (shortest predicted output), "essay" prompts last.
@@ -72,3 +73,17 @@ def start_sidecar(tiny_bundle: Path) -> Iterator:
 @pytest.fixture
 def sidecar(start_sidecar) -> RunningSidecar:
     return start_sidecar()
+
+
+@pytest.fixture
+def sidecar_process() -> Iterator[Callable[..., SidecarProcess]]:
+    """Start `ltr-sidecar serve` processes (arguments as for SidecarProcess); every one still running is stopped after the test."""
+    started: list[SidecarProcess] = []
+
+    def start(*args: str, **kw: object) -> SidecarProcess:
+        started.append(SidecarProcess(*args, **kw))  # type: ignore[arg-type]
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()

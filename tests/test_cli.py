@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -18,53 +17,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ltr_client.api import ranker_pb2 as pb
 from ltr_client.api import ranker_pb2_grpc as pbg
 from ltr_sidecar.cli import build_parser
+from tools.sidecar_process import SidecarProcess, SidecarStartError
 
 SECRET = "zanzibar-quokka-7731"  # appears in prompts only; must never reach the logs
-
-
-class ServeProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ltr_sidecar", "serve", *args],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self.port = self._wait_for_port()
-
-    def _wait_for_port(self) -> int | None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                return None  # exited
-            self.lines.append(line)
-            entry = json.loads(line)
-            if entry["msg"] == "serving":
-                return int(entry["address"].rsplit(":", 1)[1])
-        raise TimeoutError("server did not start")
-
-    def finish(self, timeout: float = 30) -> tuple[int, str]:
-        rest = self.proc.communicate(timeout=timeout)[1]
-        return self.proc.returncode, "".join(self.lines) + rest
 
 
 def test_serve_refuses_to_start_on_a_corrupted_model_and_names_the_file(tiny_bundle, tmp_path):
     bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
     (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes()[:-10] + b"x" * 10)
-    server = ServeProcess("--model", str(bundle), "--port", "0", "--metrics-port", "-1")
-    code, logs = server.finish()
-    assert server.port is None and code == 2
-    assert "model.onnx: sha256 mismatch" in logs
+    with pytest.raises(SidecarStartError) as refused:
+        SidecarProcess("--model", str(bundle))
+    assert refused.value.returncode == 2
+    assert "model.onnx: sha256 mismatch" in refused.value.log
 
 
-def test_sigterm_sets_health_not_serving_drains_and_exits_cleanly_without_logging_prompts(tiny_bundle):
-    server = ServeProcess(
-        "--model", str(tiny_bundle), "--port", "0", "--metrics-port", "-1", "--log-level", "debug", "--grace", "5"
-    )
-    target = f"127.0.0.1:{server.port}"
-    with grpc.insecure_channel(target) as ch:
+def test_sigterm_sets_health_not_serving_drains_and_exits_cleanly_without_logging_prompts(tiny_bundle, sidecar_process):
+    server = sidecar_process("--model", str(tiny_bundle), "--log-level", "debug", "--grace", "5")
+    with grpc.insecure_channel(server.target) as ch:
         stub = pbg.RankerServiceStub(ch)
         items = [pb.ScoreItem(request_id=f"{SECRET}-{i}", prompt=f"{SECRET} brief question {i}") for i in range(20)]
         assert len(stub.Score(pb.ScoreRequest(items=items), timeout=10).scores) == 20
@@ -78,7 +47,7 @@ def test_sigterm_sets_health_not_serving_drains_and_exits_cleanly_without_loggin
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         server.proc.send_signal(signal.SIGTERM)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-    code, logs = server.finish()
+    code, logs = server.wait(), server.log()
     assert code == 0
     entries = [json.loads(line) for line in logs.splitlines() if line.strip()]
     assert [e["msg"] for e in entries if e["msg"] in ("serving", "shutting down", "stopped")] == ["serving", "shutting down", "stopped"]
@@ -104,16 +73,30 @@ def test_flags_fall_back_to_ltr_environment_variables(monkeypatch):
     assert build_parser().parse_args(["serve", "--port", "1"]).port == 1
 
 
-def test_every_serve_flag_is_explained_in_help_with_its_environment_variable(capsys):
+# Tried in turn for each serve flag until the command line accepts one that changes the parsed value.
+SAMPLE_VALUES = ("7", "2.5", "127.0.0.2", "debug", "text", "CPUExecutionProvider", "/tmp/ltr-sample")
+
+
+def test_the_environment_variable_help_names_for_each_serve_flag_sets_it_as_the_flag_does(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
-    flags = [a for a in serve._actions if a.option_strings and a.dest != "help"]
-    assert len(flags) > 20
-    for action in flags:
-        assert action.option_strings[0] in out
-        assert f"[env LTR_{action.dest.upper()}]" in out
+    usage, _, options = " ".join(capsys.readouterr().out.split()).partition("show this help message and exit")
+    # Each option's entry: its name first, then its help, ending in "[env LTR_...]".
+    named = dict(re.findall(r"(--[a-z][a-z0-9-]*)[^\[]*?\[env (LTR_\w+)\]", options))
+    assert len(named) > 20 and set(named) == set(re.findall(r"\[(--[a-z][a-z0-9-]*)", usage))
+    for flag, env in named.items():
+        for value in SAMPLE_VALUES:
+            try:
+                from_flag = build_parser().parse_args(["serve", flag, value])
+            except SystemExit:
+                continue
+            if from_flag != build_parser().parse_args(["serve"]):
+                break
+        else:
+            pytest.fail(f"{flag}: none of {SAMPLE_VALUES} is accepted and changes it")
+        monkeypatch.setenv(env, value)
+        assert build_parser().parse_args(["serve"]) == from_flag, f"{env}={value} should act as {flag} {value}"
+        monkeypatch.delenv(env)
 
 
 def test_default_model_is_the_bundle_shipped_in_the_package():

@@ -81,8 +81,15 @@ def test_a_repeated_prompt_is_served_from_the_cache(sidecar):
 
 
 def test_an_over_long_prompt_is_truncated_not_rejected(sidecar):
-    resp = score(sidecar.stub(), "brief " * 50 + "essay " * 5000)
-    assert math.isfinite(resp.scores[0].score)
+    stub = sidecar.stub()
+    max_tokens = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10).max_input_tokens
+    head = "brief " * max_tokens  # as many words as the model reads tokens: the cut falls inside it
+    resp = score(stub, head + "essay " * 5000, head + "essay " * 50, head)
+    # Only the first max_input_tokens count: what follows them, 5,000 "essay" words or none, changes nothing ...
+    assert resp.scores[0].score == pytest.approx(resp.scores[1].score, abs=1e-6)
+    assert resp.scores[0].score == pytest.approx(resp.scores[2].score, abs=1e-6)
+    # ... though read they would rank it last.
+    assert score(stub, "essay " * max_tokens + head).scores[0].score < resp.scores[0].score - 1
 
 
 # --- NextBatch -----------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Developer tools run from the repository (proto generation, test and benchmark helpers); not part of any wheel."""
