@@ -33,19 +33,18 @@ import argparse
 import dataclasses
 import json
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Run as a script, only benchmarks/ itself is on sys.path; the shared module is imported as benchmarks.tiny_llama.
+# Run as a script, only benchmarks/ itself is on sys.path; the shared modules are imported from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.tiny_llama import build_tiny_llama, set_vllm_env, word_level_tokenizer  # noqa: E402
+from tools.sidecar_process import SidecarProcess, free_port  # noqa: E402
 
 # Before vLLM's import, which reads them (see benchmarks/tiny_llama.py).
 set_vllm_env()
@@ -82,39 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_tiny_llm(path: Path, hidden_size: int = 128, num_layers: int = 2) -> Path:
     """A small Llama with random weights and a word-level tokenizer over VOCAB (as in the tests)."""
     return build_tiny_llama(path, word_level_tokenizer(VOCAB), hidden_size=hidden_size, num_layers=num_layers, max_position_embeddings=512)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class SidecarProcess:
-    """`ltr-sidecar serve` in its own process, as deployed: it must not share the engine's GIL."""
-
-    def __init__(self, bundle: Path, intra_op_threads: int = 1, extra_args: Sequence[str] = ()):
-        self.target = f"127.0.0.1:{free_port()}"
-        port = self.target.rsplit(":", 1)[1]
-        # One inference thread by default: on a small shared machine the
-        # sidecar would otherwise take every core from the engine, which a
-        # deployment avoids by giving it its own.
-        cmd = [sys.executable, "-m", "ltr_sidecar", "serve", "--model", str(bundle), "--port", port, "--metrics-port", "0"]
-        cmd += ["--intra-op-threads", str(intra_op_threads), *extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        from ltr_client import CircuitBreaker, RankerClient
-
-        # A breaker that never opens: this loop polls until the sidecar answers.
-        with RankerClient(self.target, timeout_s=1.0, breaker=CircuitBreaker(failure_threshold=1 << 30)) as client:
-            deadline = time.monotonic() + 60
-            while client.model_info() is None:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the sidecar did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 # --------------------------------------------------------------------------
@@ -247,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.bundle:
         bundle = Path(args.bundle)
     else:
-        from ltr_sidecar.tiny_bundle import build_tiny_bundle
+        from tools.tiny_bundle import build_tiny_bundle
 
         bundle = build_tiny_bundle(tmp / "bundle", word_bias=WORD_BIAS)
-    sidecar = SidecarProcess(bundle)
+    # In its own process, as deployed: it must not share the engine's GIL. One
+    # inference thread: on a small shared machine the sidecar would otherwise
+    # take every core from the engine, which a deployment avoids by giving it its own.
+    sidecar = SidecarProcess("--model", str(bundle), "--intra-op-threads", "1")
     dead = f"127.0.0.1:{free_port()}"
     try:
         llm = LLM(

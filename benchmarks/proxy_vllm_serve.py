@@ -49,7 +49,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # Importing it also sets the vLLM environment defaults (CPU, no pinning, 1 GiB KV cache, offline).
-from hook_overhead import BRIEF, ESSAY, WORD_BIAS, build_tiny_llm, free_port  # noqa: E402
+from hook_overhead import BRIEF, ESSAY, WORD_BIAS, build_tiny_llm  # noqa: E402
+
+from tools.sidecar_process import free_port  # noqa: E402  (hook_overhead put the repository root on sys.path)
 
 MODEL_NAME = "tiny"
 # A prompt for the blocker that neither ranks shortest nor longest.
@@ -378,7 +380,7 @@ async def warm_up(bases: list[str], args: argparse.Namespace) -> None:
 
 
 async def benchmark(args: argparse.Namespace, tmp: Path, procs: list[Proc]) -> dict[str, Any]:
-    from ltr_sidecar.tiny_bundle import build_tiny_bundle
+    from tools.tiny_bundle import build_tiny_bundle
 
     t = time.perf_counter()
     model = build_tiny_llm(tmp / "llm", args.hidden_size, args.layers)

@@ -1187,9 +1187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(args.engine_threads)  # before torch is imported, which reads it once
     args.out.mkdir(parents=True, exist_ok=True)
 
-    from benchmarks.hook_overhead import SidecarProcess
     from ltr_client import RankerClient
     from ltr_sidecar.bundle import DEFAULT_BUNDLE
+    from tools.sidecar_process import SidecarProcess
 
     bundle = (args.bundle or DEFAULT_BUNDLE).resolve()
     tokenizer_json = bundle / "tokenizer.json"
@@ -1231,7 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No score cache: the same prompts recur across workloads and policies,
         # and cache hits would make the hook's later runs look faster than a
         # stream of new prompts allows.
-        sidecar = SidecarProcess(bundle, intra_op_threads=args.sidecar_threads, extra_args=["--cache-size", "0", "--log-level", "warning"])
+        sidecar = SidecarProcess("--model", str(bundle), "--intra-op-threads", str(args.sidecar_threads), "--cache-size", "0")
         try:
             with RankerClient(sidecar.target, timeout_s=10.0) as client:
                 info = client.model_info()

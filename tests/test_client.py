@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import pytest
 
 from ltr_client import AsyncRankerClient, Candidate, CircuitBreaker, RankerClient, ScoreItem, StarvationGuard, fcfs_batch
 from ltr_client.ordering import Candidates, next_batch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tools.sidecar_process import free_port
 
 
 def test_score_returns_scores_by_request_id_and_the_model_version(sidecar):

