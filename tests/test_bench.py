@@ -1,4 +1,4 @@
-"""`ltr-sidecar bench`: a short run end to end against a tiny bundle, and the loopback-only rule.
+"""The load test (`python -m benchmarks.load`): a short run end to end against a tiny bundle, and the loopback-only rule.
 
 Speed is never asserted: the point is that the tool runs, reports every
 figure, and fails no call.
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ltr_sidecar.bench import BenchError, PromptStream, load_prompts, parse_loopback_target, synthetic_prompts
-from ltr_sidecar.cli import main
-from ltr_sidecar.tiny_bundle import build_tiny_bundle
+from benchmarks.load.cli import main
+from benchmarks.load.prompts import PromptStream, load_prompts, synthetic_prompts
+from benchmarks.load.target import BenchError, parse_loopback_target
+from tools.tiny_bundle import build_tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bench_runs_and_reports_every_figure(bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    argv = ["bench", "--model", str(bundle), "--requests", "50", "--duration", "5", "--concurrency", "1,4"]
+    argv = ["--model", str(bundle), "--requests", "50", "--duration", "5", "--concurrency", "1,4"]
     argv += ["--candidates", "256", "--nextbatch-calls", "50", "--memory-calls", "200", "--quiet", "--out", str(out)]
     assert main(argv) == 0
 
@@ -61,7 +64,7 @@ def test_bench_runs_and_reports_every_figure(bundle: Path, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("target", ["10.0.0.1:50051", "example.com:50051", "0.0.0.0:50051", "[2001:db8::1]:50051", "192.168.1.2:1"])
 def test_non_loopback_target_is_refused(bundle: Path, target: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--model", str(bundle), "--target", target, "--quiet"]) == 2
+    assert main(["--model", str(bundle), "--target", target, "--quiet"]) == 2
     assert "not loopback" in capsys.readouterr().err
 
 
@@ -100,3 +103,10 @@ def test_prompt_file_text_and_jsonl(tmp_path: Path) -> None:
     jsonl.write_text('{"text": "a"}\n')
     with pytest.raises(BenchError):
         load_prompts(jsonl)
+
+
+def test_the_load_test_runs_as_a_module_from_the_repository_root() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "benchmarks.load", "--help"], cwd=repo, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m benchmarks.load") and "--target HOST:PORT" in result.stdout

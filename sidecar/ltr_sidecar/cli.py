@@ -116,19 +116,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .bench import add_arguments, main
-
-    p = sub.add_parser(
-        "bench",
-        help="load-test a sidecar on loopback and compare with in-process ONNX Runtime",
-        description="Start a sidecar on loopback (or use --target), load it with Score and NextBatch calls at several "
-        "concurrencies, and compare with the same model run in-process, measured in the same run.",
-    )
-    add_arguments(p)
-    p.set_defaults(func=main)
-
-
 def _add_proxy(sub: argparse._SubParsersAction) -> None:
     p: _EnvDefaults = sub.add_parser(
         "proxy",
@@ -362,7 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltr-sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaults)
     _add_serve(sub)
-    _add_bench(sub)
     _add_proxy(sub)
     _add_health(sub)
     _add_train(sub)
