@@ -32,3 +32,15 @@ def test_zero_capacity_disables_the_cache():
     cache = ScoreCache(0)
     cache.put("r", prompt_key("x"), 1.0)
     assert cache.get_by_id("r") is None
+
+
+def test_an_id_whose_prompt_was_evicted_misses_and_counts_one_miss():
+    cache = ScoreCache(2)
+    x, y, z = (prompt_key(p) for p in "xyz")
+    cache.put("x", x, 1.0)
+    cache.put("y", y, 2.0)
+    cache.get(x)  # y is now the least recently used score ...
+    cache.put("z", z, 3.0)  # ... and is evicted, while the id index still names "y"
+    hits, misses = cache.hits, cache.misses
+    assert cache.get_by_id("y") is None
+    assert (cache.hits, cache.misses) == (hits, misses + 1)

@@ -42,8 +42,12 @@ class ScoreCache:
         return score
 
     def get_by_id(self, request_id: str) -> float | None:
+        """The score of the prompt last seen under `request_id`; None (a miss) for an unknown id or an evicted prompt."""
         key = self._ids.get(request_id)
-        return self.get(key) if key is not None else self._count(None)
+        if key is None:
+            self.misses += 1
+            return None
+        return self.get(key)
 
     def put(self, request_id: str, key: bytes, score: float) -> None:
         if self.capacity <= 0:

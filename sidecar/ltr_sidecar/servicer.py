@@ -27,7 +27,6 @@ from .request_decoding import Undecodable
 from .scoring import Scorer, ScoreInput, deadline_from_timeout
 
 log = logging.getLogger(__name__)
-Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 

@@ -129,9 +129,3 @@ def read_traces(path: str | Path) -> tuple[list[Example], TraceReport]:
                 examples.append(result)
     report.kept = len(examples)
     return examples, report
-
-
-def write_traces(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Write rows as JSONL (one object per line, UTF-8, no ASCII escaping)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
