@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ltr_client.ordering import Candidates, StarvationGuard, next_batch
+from ltr_client.ordering import Candidates, StarvationGuard, fcfs_decision, next_batch
 
 NO_GUARD = StarvationGuard(0, 0)
 
@@ -21,9 +21,27 @@ def test_explicit_user_priority_is_the_primary_key():
     assert d.order.tolist() == [2, 1, 0]
 
 
-def test_unscored_candidates_sort_after_scored_ones_in_arrival_order():
-    c = Candidates.build(scores=[np.nan, -5.0, np.nan, 1.0])
-    assert next_batch(c, 10, 100, NO_GUARD).order.tolist() == [3, 1, 0, 2]
+def test_unscored_candidates_keep_their_fcfs_slots_and_scored_ones_sort_among_the_other_slots():
+    c = Candidates.build(scores=[1.0, np.nan, 3.0, 2.0, np.nan])
+    assert next_batch(c, 10, 100, NO_GUARD).order.tolist() == [2, 1, 3, 0, 4]
+
+
+def test_an_unscored_candidate_has_as_many_candidates_ahead_of_it_as_under_fcfs():
+    # Its score never comes: it must not wait behind later arrivals that were scored.
+    c = Candidates.build(scores=[np.nan, 5.0, 9.0, 7.0])
+    d = next_batch(c, max_num_seqs=1, max_num_batched_tokens=100, guard=NO_GUARD)
+    assert d.scheduled.tolist() == [0]
+    assert next_batch(Candidates.build(scores=[-1.0, np.nan, 9.0]), 10, 100, NO_GUARD).order.tolist() == [2, 1, 0]
+
+
+def test_with_no_scores_the_order_is_first_come_first_served_within_priority_and_band():
+    c = Candidates.build(scores=[np.nan] * 4, priority=[0, 0, -1, 0], promoted_steps_left=[0, 0, 0, 2])
+    assert next_batch(c, 10, 100, NO_GUARD).order.tolist() == [2, 3, 0, 1]
+
+
+def test_scored_candidates_move_only_among_slots_of_their_own_priority():
+    c = Candidates.build(scores=[1.0, 9.0, np.nan, 5.0, 7.0], priority=[1, 1, 0, 0, 1])
+    assert next_batch(c, 10, 100, NO_GUARD).order.tolist() == [2, 3, 1, 4, 0]
 
 
 def test_batch_is_the_prefix_that_fits_max_num_seqs():
@@ -211,6 +229,39 @@ def test_with_the_overtake_trigger_a_request_starts_at_most_k_admissions_later_t
         started_before_long += 1
         del queue[ran]
     assert started_before_long == k
+
+
+def test_requests_that_arrived_in_the_same_step_do_not_overtake_one_another():
+    # A burst (arrival step 0) and a later arrival (step 1); c and d are admitted past a.
+    c = Candidates.build(scores=[0.0, 1.0, 5.0, 9.0], arrival_steps=[0, 0, 0, 1])
+    d = next_batch(c, max_num_seqs=2, max_num_batched_tokens=100, guard=NO_GUARD)
+    assert d.scheduled.tolist() == [3, 2]
+    assert d.overtakes.tolist() == [1, 1, 0, 0], "c arrived with a and b: only d overtook them"
+    by_position = next_batch(Candidates.build(scores=[0.0, 1.0, 5.0, 9.0]), 2, 100, NO_GUARD)
+    assert by_position.overtakes.tolist() == [2, 2, 0, 0], "without arrival steps every row is a later arrival"
+
+
+def test_a_preempted_requests_return_counts_as_an_admission():
+    c = Candidates.build(scores=[-5.0, 9.0], arrival_steps=[0, 1])
+    assert next_batch(c, 1, 100, NO_GUARD).overtakes.tolist() == [1, 0]
+
+
+def test_the_guards_headroom_is_the_steps_and_admissions_before_the_first_promotion():
+    guard = StarvationGuard(threshold_steps=10, quantum_steps=2, max_overtakes=4)
+    idle, overtakes, promoted = np.array([3, 7, 9]), np.array([1, 0, 3]), np.array([0, 0, 1])
+    assert guard.headroom(idle, overtakes, promoted) == (3, 3), "the promoted one is not counted"
+    for extra in range(3):
+        assert not (guard.due(idle + extra, overtakes) & (promoted <= 0)).any()
+    assert guard.due(idle + 3, overtakes)[1]
+    assert StarvationGuard(0, 0).headroom(idle, overtakes, promoted) == (np.inf, np.inf)
+
+
+def test_the_fallback_is_the_policy_with_no_scores_and_no_guard():
+    c = Candidates.build(scores=[9.0, -9.0, 1.0], running=[True, False, False], idle_steps=[0, 5000, 0], priority=[0, 0, -1])
+    d = fcfs_decision(c, max_num_seqs=2, max_num_batched_tokens=100)
+    assert d.order.tolist() == [2, 0, 1] and d.preempted.tolist() == []
+    assert d.idle_steps.tolist() == [0, 5001, 0] and not d.protected.any()
+    assert fcfs_decision(c, 0, 0).num_scheduled == 1, "a budget below 1 counts as 1"
 
 
 def test_non_positive_budget_is_rejected():

@@ -1,39 +1,56 @@
 """The ordering policy: which candidates run next. Pure functions, no I/O.
 
+This module is the whole decision, and the only place each of its rules is
+written: the sidecar's NextBatch RPC calls `next_batch`, the vLLM hook
+(`ltr_client.vllm.ranking`) builds a candidate table from the engine's queues
+and calls it, and the clients' first-come-first-served fallback is
+`fcfs_decision`, the same function with no scores and no guard. The Node
+client's fallback is checked against vectors this module generates
+(tests/vectors/fcfs_decisions.json).
+
 The policy is the paper's (Fu et al. 2024, Algorithm 1): every step, rank all
 candidates, running and waiting, by predicted output length and run the
 highest-ranked prefix that fits the budget. Running requests outside it are
-preempted. Sort key, most significant first:
+preempted. The order, most significant key first:
 
 1. the explicit user priority, lower first (vLLM's convention); unset = 0;
-2. the starvation band: promoted candidates first (see below);
-3. the score, higher (shorter predicted output) first; unscored last.
-   Promoted candidates skip this key: among themselves they run oldest
-   first, which gives the tightest bound on how long any request waits;
-4. arrival order.
+2. the starvation band: promoted candidates first (see below), oldest first
+   among themselves, which gives the tightest bound on how long any request
+   waits;
+3. in the other band, the score: higher (shorter predicted output) first.
+   An unscored candidate keeps its first-come-first-served slot: the scored
+   candidates are sorted among the slots that scored candidates occupy, and
+   the unscored ones stay where arrival order puts them. Scores arrive
+   asynchronously, so in an engine every request starts unscored; sorting it
+   last would put it behind every scored request, and a request whose score
+   never comes (sidecar slow or down) would wait longer than FCFS would make
+   it. In its slot it has exactly as many candidates ahead of it as under
+   FCFS. With no scores at all the order is FCFS;
+4. arrival order: the rows' order (rows are in arrival order).
 
 Starvation guard (vllm-ltr's): a candidate left out for `threshold_steps`
 consecutive steps is promoted to the top band for its next `quantum_steps`
 executed steps. A second, load-relative trigger promotes a waiting candidate
-once `max_overtakes` later arrivals have been admitted (waiting -> scheduled)
-ahead of it. The step threshold bounds the wait in absolute terms, which is
-loose when FCFS itself waits little; the overtake count bounds it relative to
-FCFS: a request starts about `max_overtakes` admissions later than FCFS would
-have started it, at most. Here "later" means later in the candidate list; the
-vLLM hook counts by arrival step, so that a burst's requests, which arrive
-together, do not overtake one another.
+once `max_overtakes` later arrivals have been admitted (waiting -> scheduled,
+a preempted request's return included) ahead of it. The step threshold bounds
+the wait in absolute terms, which is loose when FCFS itself waits little; the
+overtake count bounds it relative to FCFS: a request starts about
+`max_overtakes` admissions later than FCFS would have started it, at most.
+"Later" compares `Candidates.arrival_steps` (default: the row position), so
+that requests which arrive together, such as a burst within one engine step,
+do not overtake one another: their order is an accident of submission.
 
 Promotion also makes a candidate `protected`: while it runs it stays in the
 top band, so it is never preempted for rank again (only the budget can push
 it out). Without that, a long request would run one quantum, be preempted by
 the next better-ranked arrival, wait out the threshold again, and the guard
 would bound nothing. The counters and the flag travel with the candidates, so
-the policy keeps no state between calls. Both the engine hooks and the sidecar's
-NextBatch RPC call `next_batch`, so they cannot drift apart.
+the policy keeps no state between calls.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -73,6 +90,24 @@ class StarvationGuard:
             due |= overtakes >= self.max_overtakes
         return due
 
+    def headroom(self, idle_steps: np.ndarray, overtakes: np.ndarray, promoted_steps_left: np.ndarray) -> tuple[float, float]:
+        """(idle steps, admissions of later arrivals) that can pass before `due` first holds for an unpromoted candidate.
+
+        Each left-out step adds one to every idle count and each admission at
+        most one to any overtake count, so until one of these runs out no
+        promotion can happen: a caller that keeps the counters lazily (the
+        vLLM hook) need not decide again before then. math.inf: never.
+        """
+        idle_room = overtake_room = math.inf
+        unpromoted = promoted_steps_left <= 0
+        if not self.enabled or not unpromoted.any():
+            return idle_room, overtake_room
+        if self.threshold_steps > 0:
+            idle_room = float(self.threshold_steps - idle_steps[unpromoted].max())
+        if self.max_overtakes > 0:
+            overtake_room = float(self.max_overtakes - overtakes[unpromoted].max())
+        return idle_room, overtake_room
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -87,6 +122,9 @@ class Candidates:
     protected: np.ndarray | None = None  # bool; None = no candidate is protected
     # Later arrivals admitted while this one waited (int); None = all zero.
     overtakes: np.ndarray | None = None
+    # When each arrived, non-decreasing (int): only a candidate with a greater
+    # value overtakes it. None = the row position (every row a later arrival).
+    arrival_steps: np.ndarray | None = None
 
     @classmethod
     def build(
@@ -99,6 +137,7 @@ class Candidates:
         promoted_steps_left: list[int] | np.ndarray | None = None,
         protected: list[bool] | np.ndarray | None = None,
         overtakes: list[int] | np.ndarray | None = None,
+        arrival_steps: list[int] | np.ndarray | None = None,
     ) -> Candidates:
         """Columns from lists; omitted columns take their defaults (waiting, 1 token, priority 0, fresh counters)."""
         n = len(scores)
@@ -115,6 +154,7 @@ class Candidates:
             promoted_steps_left=col(promoted_steps_left, np.int64, 0),
             protected=col(protected, bool, False),
             overtakes=col(overtakes, np.int64, 0),
+            arrival_steps=None if arrival_steps is None else np.asarray(arrival_steps, dtype=np.int64),
         )
 
     def protected_mask(self) -> np.ndarray:
@@ -123,12 +163,18 @@ class Candidates:
     def overtake_counts(self) -> np.ndarray:
         return np.zeros(len(self), dtype=np.int64) if self.overtakes is None else np.asarray(self.overtakes, dtype=np.int64)
 
+    def arrival_groups(self) -> np.ndarray:
+        """The arrival key that overtakes compare: `arrival_steps`, or the row position."""
+        return np.arange(len(self), dtype=np.int64) if self.arrival_steps is None else np.asarray(self.arrival_steps, dtype=np.int64)
+
     def __len__(self) -> int:
         return len(self.scores)
 
 
 @dataclass(frozen=True)
 class Decision:
+    """One step's decision. Indices refer to the candidates' rows; counters are in row order."""
+
     order: np.ndarray  # candidate indices, highest priority first
     num_scheduled: int  # order[:num_scheduled] fits the budget
     preempted: np.ndarray  # indices of running candidates outside the scheduled prefix
@@ -142,13 +188,15 @@ class Decision:
         return self.order[: self.num_scheduled]
 
 
-class Priority(NamedTuple):
+class GuardedOrder(NamedTuple):
+    """The order alone, with the guard's state after this step's promotions (`priority_order`)."""
+
     order: np.ndarray  # candidate indices, highest priority first
     promoted_steps_left: np.ndarray  # after this step's promotions, in candidate order
     protected: np.ndarray  # bool, after this step's promotions, in candidate order
 
 
-def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) -> Priority:
+def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) -> GuardedOrder:
     """Candidate indices, highest priority first, with each candidate's guard state after this step's promotions."""
     promoted_left = c.promoted_steps_left.copy()
     protected = c.protected_mask().copy()
@@ -157,13 +205,24 @@ def priority_order(c: Candidates, guard: StarvationGuard = StarvationGuard()) ->
         promoted_left[newly] = guard.quantum_steps
         protected |= newly
     band = np.where((promoted_left > 0) | (protected & c.running), 0, 1)
-    # Negated so that ascending sort puts high scores first; unscored sort last.
-    score_key = np.where(np.isnan(c.scores), np.inf, -c.scores)
-    score_key[band == 0] = 0.0
     arrival = np.arange(len(c))
+    # First come first served within (priority, band): every candidate's slot.
     # lexsort: the last key is the most significant.
-    order = np.lexsort((arrival, score_key, band, c.priority))
-    return Priority(order, promoted_left, protected)
+    order = np.lexsort((arrival, band, c.priority))
+    # Scored candidates of the lower band are sorted by score among their own
+    # slots; unscored ones keep theirs. Sorting the scored rows by (priority,
+    # band, score, arrival) keeps each (priority, band) group's rows in that
+    # group's slots, since the slots are grouped alike.
+    movable = ~np.isnan(c.scores[order]) & (band[order] == 1)
+    if movable.any():
+        rows = order[movable]
+        order[movable] = rows[np.lexsort((rows, -c.scores[rows], band[rows], c.priority[rows]))]
+    return GuardedOrder(order, promoted_left, protected)
+
+
+def admitted_later(admitted_arrivals: np.ndarray, arrival_steps: np.ndarray) -> np.ndarray:
+    """For each of `arrival_steps`, how many of the admissions (sorted arrival steps) arrived in a later step."""
+    return len(admitted_arrivals) - np.searchsorted(admitted_arrivals, arrival_steps, side="right")
 
 
 def next_batch(
@@ -189,8 +248,23 @@ def next_batch(
     preempted = order[num_scheduled:][c.running[order[num_scheduled:]]]
     idle = np.where(scheduled, 0, c.idle_steps + 1)
     promoted_left = np.where(scheduled & (promoted_left > 0), promoted_left - 1, promoted_left)
-    # Candidate i is overtaken by every admission (waiting -> scheduled) of a later arrival j > i.
-    admitted = (scheduled & ~c.running).astype(np.int64)
-    admitted_later = admitted[::-1].cumsum()[::-1] - admitted
-    overtakes = np.where(scheduled, 0, c.overtake_counts() + admitted_later)
+    # A candidate left out is overtaken by every admission (waiting -> scheduled) of a later arrival.
+    arrivals = c.arrival_groups()
+    admitted = np.sort(arrivals[scheduled & ~c.running])
+    overtakes = np.where(scheduled, 0, c.overtake_counts() + admitted_later(admitted, arrivals))
     return Decision(order, num_scheduled, preempted, idle, promoted_left, protected, overtakes)
+
+
+def fcfs_decision(c: Candidates, max_num_seqs: int, max_num_batched_tokens: int) -> Decision:
+    """The fallback when no ranker answers: `next_batch` with no scores and no guard.
+
+    That is explicit priority, then arrival order, within the budget;
+    candidates already promoted, and protected ones that run, keep the top
+    band, and the counters advance as usual, so the guard resumes where it
+    stopped once the ranker answers again. A budget below 1 counts as 1.
+    """
+    unscored = Candidates(
+        np.full(len(c), np.nan), c.running, c.num_tokens, c.priority, c.idle_steps, c.promoted_steps_left,
+        c.protected, c.overtakes, c.arrival_steps,
+    )  # fmt: skip
+    return next_batch(unscored, max(1, max_num_seqs), max(1, max_num_batched_tokens), StarvationGuard(0, 0, 0))
