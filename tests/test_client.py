@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
+import numpy as np
 import pytest
 
 from ltr_client import AsyncRankerClient, Candidate, CircuitBreaker, RankerClient, ScoreItem, StarvationGuard, fcfs_batch
-from ltr_client.ordering import Candidates, next_batch
+from ltr_client.client import candidate_table
+from ltr_client.ordering import Decision, next_batch
 from tools.sidecar_process import free_port
 
 
@@ -23,39 +26,33 @@ def test_score_returns_scores_by_request_id_and_the_model_version(sidecar):
 
 def test_next_batch_over_rpc_matches_the_shared_policy_run_locally(sidecar):
     cands = [
-        Candidate("a", score=0.5, running=True),
-        Candidate("b", score=2.0, num_tokens=30),
-        Candidate("c", score=-1.0, num_tokens=20, idle_steps=800),
-        Candidate("d", score=1.0, running=True, priority=1),
+        Candidate("a", score=0.5, running=True, arrival_step=3),
+        Candidate("b", score=2.0, num_tokens=30, arrival_step=4),
+        Candidate("c", score=-1.0, num_tokens=20, idle_steps=800, arrival_step=4),
+        Candidate("d", score=1.0, running=True, priority=1, arrival_step=6),
+        Candidate("e", num_tokens=5, overtakes=2, arrival_step=6),
     ]
     with RankerClient(sidecar.target) as client:
         remote = client.next_batch(cands, max_num_seqs=3, max_num_batched_tokens=40)
-    local = next_batch(
-        Candidates.build(
-            scores=[c.score for c in cands],
-            running=[c.running for c in cands],
-            num_tokens=[c.num_tokens for c in cands],
-            priority=[c.priority for c in cands],
-            idle_steps=[c.idle_steps for c in cands],
-        ),
-        3,
-        40,
-        StarvationGuard(),
-    )
-    assert not remote.fallback
-    assert remote.order == local.order.tolist() and remote.num_scheduled == local.num_scheduled
-    assert remote.preempted == local.preempted.tolist() and remote.idle_steps == local.idle_steps.tolist()
-    assert remote.protected == local.protected.tolist() == [False, False, True, False]
-    assert remote.overtakes == local.overtakes.tolist()
+    local = next_batch(candidate_table(cands), 3, 40, StarvationGuard())
+    assert not remote.fallback and remote.model_version
+    for field in dataclasses.fields(Decision):
+        assert np.array_equal(getattr(remote, field.name), getattr(local, field.name)), field.name
+    assert remote.protected.tolist() == [False, False, True, False, False]
+
+
+def test_a_partial_arrival_step_column_is_a_caller_error_naming_the_candidate():
+    with pytest.raises(ValueError, match=r"candidates\[1\].arrival_step"):
+        fcfs_batch([Candidate("a", arrival_step=1), Candidate("b")], 1, 1)
 
 
 def test_the_overtake_guard_and_counts_round_trip_through_the_client(sidecar):
     guard = StarvationGuard(threshold_steps=0, quantum_steps=2, max_overtakes=2)
     with RankerClient(sidecar.target) as client:
         first = client.next_batch([Candidate("long", score=-5.0, overtakes=1), Candidate("short", score=5.0)], 1, 100, guard=guard)
-        assert first.scheduled == [1] and first.overtakes == [2, 0]
+        assert first.scheduled.tolist() == [1] and first.overtakes.tolist() == [2, 0]
         second = client.next_batch([Candidate("long", score=-5.0, overtakes=2), Candidate("later", score=9.0)], 1, 100, guard=guard)
-    assert second.scheduled == [0] and second.protected == [True, False]
+    assert second.scheduled.tolist() == [0] and second.protected.tolist() == [True, False]
 
 
 def test_the_protected_flag_round_trips_through_the_client(sidecar):
@@ -64,14 +61,14 @@ def test_the_protected_flag_round_trips_through_the_client(sidecar):
     with RankerClient(sidecar.target) as client:
         batch = client.next_batch(cands, max_num_seqs=1, max_num_batched_tokens=100)
     assert not batch.fallback
-    assert batch.scheduled == [0] and batch.preempted == [] and batch.protected == [True, False]
-    assert fcfs_batch(cands, 1, 100).protected == [True, False]
+    assert batch.scheduled.tolist() == [0] and batch.preempted.tolist() == [] and batch.protected.tolist() == [True, False]
+    assert fcfs_batch(cands, 1, 100).protected.tolist() == [True, False]
 
 
 def test_prompts_in_next_batch_are_scored_by_the_sidecar(sidecar):
     with RankerClient(sidecar.target) as client:
         batch = client.next_batch([Candidate("x", prompt="essay essay"), Candidate("y", prompt="brief brief")], 1, 100)
-    assert batch.scheduled == [1]
+    assert batch.scheduled.tolist() == [1]
 
 
 def test_a_dead_sidecar_gives_fallbacks_opens_the_breaker_and_warns_once(caplog):
@@ -84,7 +81,7 @@ def test_a_dead_sidecar_gives_fallbacks_opens_the_breaker_and_warns_once(caplog)
         batch = client.next_batch(cands, max_num_seqs=2, max_num_batched_tokens=10)
         open_call_s = time.perf_counter() - t
     assert all(r.fallback and r.scores == {} for r in results)
-    assert batch.fallback and batch.order == [1, 0, 2] and batch.scheduled == [1, 0]
+    assert batch.fallback and batch.order.tolist() == [1, 0, 2] and batch.scheduled.tolist() == [1, 0]
     assert breaker.is_open and breaker.times_opened == 1
     assert open_call_s < 0.05, "an open breaker must not touch the network"
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
@@ -143,7 +140,7 @@ def test_a_rejected_half_open_trial_still_closes_the_breaker(start_sidecar):
 
 def test_fcfs_fallback_respects_explicit_priority_then_arrival_and_the_budget():
     batch = fcfs_batch([Candidate("a", num_tokens=5), Candidate("b", priority=-1, num_tokens=5), Candidate("c", num_tokens=5)], 10, 10)
-    assert batch.order == [1, 0, 2] and batch.num_scheduled == 2 and batch.fallback
+    assert batch.order.tolist() == [1, 0, 2] and batch.num_scheduled == 2 and batch.fallback
 
 
 def test_async_client_scores_and_falls_back(sidecar):
@@ -160,8 +157,8 @@ def test_async_client_scores_and_falls_back(sidecar):
 
     ok, batch, down, down_batch = asyncio.run(main())
     assert not ok.fallback and "a" in ok.scores
-    assert batch.scheduled == [1]
-    assert down.fallback and down_batch.fallback and down_batch.scheduled == [0]
+    assert batch.scheduled.tolist() == [1]
+    assert down.fallback and down_batch.fallback and down_batch.scheduled.tolist() == [0]
 
 
 def test_breaker_lets_one_trial_through_after_the_reset_period():

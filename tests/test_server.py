@@ -127,9 +127,21 @@ def test_next_batch_uses_given_scores_and_cached_scores_by_request_id(sidecar):
         budget=budget(),
     )
     resp = stub.NextBatch(req, timeout=10)
-    assert list(resp.order) == [2, 0, 1]
+    assert list(resp.order) == [2, 1, 0], "the unscored candidate keeps its first-come-first-served slot"
     assert list(resp.unscored) == [1]
     assert math.isnan(resp.scores[1])
+
+
+def test_next_batch_counts_overtakes_by_arrival_step_in_both_encodings(sidecar):
+    # a, b and c arrived in one step, d in the next; c and d are admitted: only d overtakes a and b.
+    ids, scores, steps = ["a", "b", "c", "d"], [0.0, 1.0, 5.0, 9.0], [7, 7, 7, 8]
+    by_columns = pb.NextBatchRequest(columns=pb.CandidateColumns(request_ids=ids, scores=scores, arrival_steps=steps), budget=budget(seqs=2))
+    by_messages = pb.NextBatchRequest(
+        candidates=[pb.Candidate(request_id=i, score=s, arrival_step=t) for i, s, t in zip(ids, scores, steps)], budget=budget(seqs=2)
+    )
+    for req in (by_columns, by_messages):
+        resp = sidecar.stub().NextBatch(req, timeout=10)
+        assert list(resp.order[: resp.num_scheduled]) == [3, 2] and list(resp.overtakes) == [1, 1, 0, 0]
 
 
 def test_next_batch_is_stateless_counters_round_trip_through_the_caller(start_sidecar):
@@ -355,6 +367,8 @@ def columns(**kw) -> pb.NextBatchRequest:
         (columns(request_ids=["a", "b"], running=[True]), "columns.running: 1 entries, expected 0 or 2"),
         (columns(request_ids=["a"], scores=[float("inf")]), "columns.scores[0]: must be finite or NaN"),
         (columns(request_ids=["a", "b"], num_tokens=[1, 101]), "columns.num_tokens[1]: 101 exceeds budget.max_num_batched_tokens"),
+        (columns(request_ids=["a", "b"], arrival_steps=[1]), "columns.arrival_steps: 1 entries, expected 0 or 2"),
+        (columns(request_ids=["a", "b", "c"], arrival_steps=[3, 4, 2]), "columns.arrival_steps[2]: 2 is less than the one before it (4)"),
         (
             pb.NextBatchRequest(
                 candidates=[pb.Candidate(request_id="a", score=1)], columns=pb.CandidateColumns(request_ids=["b"]), budget=budget()
@@ -385,6 +399,10 @@ def test_invalid_columns_get_invalid_argument_naming_the_field(sidecar, req, fie
         (
             pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=1, num_tokens=2000)], budget=budget(tokens=1024)),
             "candidates[0].num_tokens: 2000 exceeds budget.max_num_batched_tokens",
+        ),
+        (
+            pb.NextBatchRequest(candidates=[pb.Candidate(request_id="a", score=1, arrival_step=1), pb.Candidate(request_id="b", score=2)], budget=budget()),
+            "candidates[1].arrival_step: set it on every candidate or on none",
         ),
     ],
 )

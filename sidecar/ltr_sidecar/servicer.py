@@ -23,6 +23,7 @@ from .batcher import DeadlineExpired, Overloaded
 from .config import Limits
 from .metrics import Metrics
 from ltr_client.ordering import Candidates, StarvationGuard, next_batch
+from ltr_client.wire import decision_fields
 from .request_decoding import Undecodable
 from .scoring import Scorer, ScoreInput, deadline_from_timeout
 
@@ -116,13 +117,7 @@ class RankerServicer:
         decision = next_batch(candidates, budget.max_num_seqs, budget.max_num_batched_tokens, guard)
         self.metrics.items.labels("NextBatch").inc(len(candidates))
         return pb.NextBatchResponse(
-            order=decision.order.tolist(),
-            num_scheduled=decision.num_scheduled,
-            preempted=decision.preempted.tolist(),
-            idle_steps=decision.idle_steps.tolist(),
-            promoted_steps_left=decision.promoted_steps_left.tolist(),
-            protected=decision.protected.tolist(),
-            overtakes=decision.overtakes.tolist(),
+            **decision_fields(decision),
             scores=candidates.scores.tolist(),
             unscored=np.flatnonzero(np.isnan(candidates.scores)).tolist(),
             model_version=self.model_version,
@@ -227,6 +222,7 @@ class RankerServicer:
         promoted = np.zeros(n, dtype=np.int64)
         protected = np.zeros(n, dtype=bool)
         overtakes = np.zeros(n, dtype=np.int64)
+        arrivals = np.zeros(n, dtype=np.int64)
         to_score: list[tuple[int, ScoreInput]] = []
         seen: set[str] = set()
         for i, c in enumerate(cands):
@@ -251,7 +247,20 @@ class RankerServicer:
             promoted[i] = c.promoted_steps_left
             protected[i] = c.protected
             overtakes[i] = c.overtakes
-        return Candidates(scores, running, num_tokens, priority, idle, promoted, protected, overtakes), to_score
+            if c.HasField("arrival_step") != cands[0].HasField("arrival_step"):
+                raise invalid(f"candidates[{i}].arrival_step: set it on every candidate or on none")
+            arrivals[i] = c.arrival_step
+        arrival_steps = self._arrival_steps(arrivals, "candidates[{}].arrival_step") if cands[0].HasField("arrival_step") else None
+        return Candidates(scores, running, num_tokens, priority, idle, promoted, protected, overtakes, arrival_steps), to_score
+
+    @staticmethod
+    def _arrival_steps(values: np.ndarray, field: str) -> np.ndarray:
+        """Arrival steps, which must not decrease: rows are in arrival order, and the order's tie-break relies on it."""
+        drops = np.flatnonzero(np.diff(values) < 0)
+        if len(drops):
+            i = int(drops[0]) + 1
+            raise invalid(f"{field.format(i)}: {values[i]} is less than the one before it ({values[i - 1]}); candidates are in arrival order")
+        return values
 
     def _from_columns(self, cols: pb.CandidateColumns) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
         ids = list(cols.request_ids)
@@ -294,5 +303,6 @@ class RankerServicer:
             promoted_steps_left=column("promoted_steps_left", np.int64, 0),
             protected=column("protected", bool, False),
             overtakes=column("overtakes", np.int64, 0),
+            arrival_steps=self._arrival_steps(column("arrival_steps", np.int64, 0), "columns.arrival_steps[{}]") if cols.arrival_steps else None,
         )
         return candidates, to_score

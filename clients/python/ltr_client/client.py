@@ -13,12 +13,11 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import grpc
-import numpy as np
 
-from . import ordering
+from . import ordering, wire
 from .api import ranker_pb2 as pb
 from .api import ranker_pb2_grpc as pbg
 from .breaker import CircuitBreaker
@@ -137,7 +136,7 @@ def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batch
     )
 
 
-class _Core:
+class _ClientBase:
     """What both clients share: the breaker, request building and response reading."""
 
     def __init__(self, target: str, timeout_s: float, breaker: CircuitBreaker | None):
@@ -177,12 +176,6 @@ class _Core:
             idle_steps=[c.idle_steps for c in candidates],
             promoted_steps_left=[c.promoted_steps_left for c in candidates],
         )
-        if any(c.protected for c in candidates):
-            cols.protected.extend([c.protected for c in candidates])
-        if any(c.overtakes for c in candidates):
-            cols.overtakes.extend([c.overtakes for c in candidates])
-        if any(c.prompt for c in candidates):
-            cols.prompts.extend([c.prompt or "" for c in candidates])
         req = pb.NextBatchRequest(
             columns=cols, budget=pb.Budget(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
         )
@@ -194,17 +187,7 @@ class _Core:
 
     @staticmethod
     def _batch(resp: pb.NextBatchResponse) -> Batch:
-        return Batch(
-            order=list(resp.order),
-            num_scheduled=resp.num_scheduled,
-            preempted=list(resp.preempted),
-            idle_steps=list(resp.idle_steps),
-            promoted_steps_left=list(resp.promoted_steps_left),
-            protected=list(resp.protected),
-            overtakes=list(resp.overtakes),
-            model_version=resp.model_version,
-            fallback=False,
-        )
+        return Batch.of(wire.decision_from_response(resp), resp.model_version, fallback=False)
 
     def _failed(self, method: str, error: Exception) -> None:
         code = error.code() if isinstance(error, grpc.RpcError) else None
@@ -226,7 +209,7 @@ class _Core:
         self.breaker.record_success()
 
 
-class RankerClient(_Core):
+class RankerClient(_ClientBase):
     """Blocking client. Thread-safe; create one and reuse it."""
 
     def __init__(
@@ -295,7 +278,7 @@ class RankerClient(_Core):
         self.close()
 
 
-class AsyncRankerClient(_Core):
+class AsyncRankerClient(_ClientBase):
     """asyncio client, for engines and gateways that run an event loop. Create it inside the loop."""
 
     def __init__(

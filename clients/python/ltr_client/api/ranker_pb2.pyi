@@ -48,7 +48,7 @@ class ScoreResponse(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[_Union[ItemScore, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("request_id", "score", "prompt", "running", "num_tokens", "priority", "idle_steps", "promoted_steps_left", "protected", "overtakes")
+    __slots__ = ("request_id", "score", "prompt", "running", "num_tokens", "priority", "idle_steps", "promoted_steps_left", "protected", "overtakes", "arrival_step")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class Candidate(_message.Message):
     PROMOTED_STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_FIELD_NUMBER: _ClassVar[int]
     OVERTAKES_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_STEP_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     score: float
     prompt: str
@@ -69,7 +70,8 @@ class Candidate(_message.Message):
     promoted_steps_left: int
     protected: bool
     overtakes: int
-    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., prompt: _Optional[str] = ..., running: _Optional[bool] = ..., num_tokens: _Optional[int] = ..., priority: _Optional[int] = ..., idle_steps: _Optional[int] = ..., promoted_steps_left: _Optional[int] = ..., protected: _Optional[bool] = ..., overtakes: _Optional[int] = ...) -> None: ...
+    arrival_step: int
+    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., prompt: _Optional[str] = ..., running: _Optional[bool] = ..., num_tokens: _Optional[int] = ..., priority: _Optional[int] = ..., idle_steps: _Optional[int] = ..., promoted_steps_left: _Optional[int] = ..., protected: _Optional[bool] = ..., overtakes: _Optional[int] = ..., arrival_step: _Optional[int] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("max_num_seqs", "max_num_batched_tokens")
@@ -90,7 +92,7 @@ class StarvationGuard(_message.Message):
     def __init__(self, threshold_steps: _Optional[int] = ..., quantum_steps: _Optional[int] = ..., max_overtakes: _Optional[int] = ...) -> None: ...
 
 class CandidateColumns(_message.Message):
-    __slots__ = ("request_ids", "scores", "prompts", "running", "num_tokens", "priorities", "idle_steps", "promoted_steps_left", "protected", "overtakes")
+    __slots__ = ("request_ids", "scores", "prompts", "running", "num_tokens", "priorities", "idle_steps", "promoted_steps_left", "protected", "overtakes", "arrival_steps")
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,7 @@ class CandidateColumns(_message.Message):
     PROMOTED_STEPS_LEFT_FIELD_NUMBER: _ClassVar[int]
     PROTECTED_FIELD_NUMBER: _ClassVar[int]
     OVERTAKES_FIELD_NUMBER: _ClassVar[int]
+    ARRIVAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     request_ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.RepeatedScalarFieldContainer[float]
     prompts: _containers.RepeatedScalarFieldContainer[str]
@@ -111,7 +114,8 @@ class CandidateColumns(_message.Message):
     promoted_steps_left: _containers.RepeatedScalarFieldContainer[int]
     protected: _containers.RepeatedScalarFieldContainer[bool]
     overtakes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., prompts: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[bool]] = ..., num_tokens: _Optional[_Iterable[int]] = ..., priorities: _Optional[_Iterable[int]] = ..., idle_steps: _Optional[_Iterable[int]] = ..., promoted_steps_left: _Optional[_Iterable[int]] = ..., protected: _Optional[_Iterable[bool]] = ..., overtakes: _Optional[_Iterable[int]] = ...) -> None: ...
+    arrival_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., prompts: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[bool]] = ..., num_tokens: _Optional[_Iterable[int]] = ..., priorities: _Optional[_Iterable[int]] = ..., idle_steps: _Optional[_Iterable[int]] = ..., promoted_steps_left: _Optional[_Iterable[int]] = ..., protected: _Optional[_Iterable[bool]] = ..., overtakes: _Optional[_Iterable[int]] = ..., arrival_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NextBatchRequest(_message.Message):
     __slots__ = ("candidates", "columns", "budget", "guard")
