@@ -68,25 +68,40 @@ class Candidate:
     promoted_steps_left: int = 0
     protected: bool = False
     overtakes: int = 0
+    # When it arrived (e.g. the engine step), on every candidate or on none:
+    # requests that arrive in the same step do not overtake one another.
+    arrival_step: int | None = None
 
 
 @dataclass(frozen=True)
-class Batch:
-    """A NextBatch decision; indices refer to the candidates as given."""
+class Batch(ordering.Decision):
+    """A NextBatch decision (`ordering.Decision`: indices refer to the candidates as given), and where it came from."""
 
-    order: list[int]
-    num_scheduled: int
-    preempted: list[int]
-    idle_steps: list[int]
-    promoted_steps_left: list[int]
-    protected: list[bool]
-    overtakes: list[int]
-    model_version: str | None
-    fallback: bool
+    model_version: str | None = None
+    fallback: bool = False  # True: the local FCFS decision, the sidecar did not answer
 
-    @property
-    def scheduled(self) -> list[int]:
-        return self.order[: self.num_scheduled]
+    @classmethod
+    def of(cls, decision: ordering.Decision, model_version: str | None, fallback: bool) -> Batch:
+        return cls(**{f.name: getattr(decision, f.name) for f in fields(ordering.Decision)}, model_version=model_version, fallback=fallback)
+
+
+def candidate_table(candidates: Sequence[Candidate]) -> ordering.Candidates:
+    """The policy's columns for `candidates` (in arrival order)."""
+    arrivals = [c.arrival_step for c in candidates]
+    given = [a is not None for a in arrivals]
+    if any(given) and not all(given):
+        raise ValueError(f"candidates[{given.index(False)}].arrival_step: set it on every candidate or on none")
+    return ordering.Candidates.build(
+        scores=[math.nan if c.score is None else c.score for c in candidates],
+        running=[c.running for c in candidates],
+        num_tokens=[c.num_tokens for c in candidates],
+        priority=[c.priority for c in candidates],
+        idle_steps=[c.idle_steps for c in candidates],
+        promoted_steps_left=[c.promoted_steps_left for c in candidates],
+        protected=[c.protected for c in candidates],
+        overtakes=[c.overtakes for c in candidates],
+        arrival_steps=arrivals if all(given) and candidates else None,
+    )
 
 
 def service_config(max_attempts: int = 3, initial_backoff_s: float = 0.01, max_backoff_s: float = 0.2, lb_policy: str | None = None) -> str:
@@ -111,29 +126,8 @@ def service_config(max_attempts: int = 3, initial_backoff_s: float = 0.01, max_b
 
 
 def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batched_tokens: int) -> Batch:
-    """The fallback decision: explicit priority, then arrival order, within the budget. No scores, no guard."""
-    cols = ordering.Candidates.build(
-        scores=np.full(len(candidates), np.nan),
-        running=[c.running for c in candidates],
-        num_tokens=[c.num_tokens for c in candidates],
-        priority=[c.priority for c in candidates],
-        idle_steps=[c.idle_steps for c in candidates],
-        promoted_steps_left=[c.promoted_steps_left for c in candidates],
-        protected=[c.protected for c in candidates],
-        overtakes=[c.overtakes for c in candidates],
-    )
-    d = ordering.next_batch(cols, max(1, max_num_seqs), max(1, max_num_batched_tokens), ordering.StarvationGuard(0, 0))
-    return Batch(
-        order=d.order.tolist(),
-        num_scheduled=d.num_scheduled,
-        preempted=d.preempted.tolist(),
-        idle_steps=d.idle_steps.tolist(),
-        promoted_steps_left=d.promoted_steps_left.tolist(),
-        protected=d.protected.tolist(),
-        overtakes=d.overtakes.tolist(),
-        model_version=None,
-        fallback=True,
-    )
+    """The fallback decision, `ordering.fcfs_decision`: explicit priority, then arrival order, within the budget."""
+    return Batch.of(ordering.fcfs_decision(candidate_table(candidates), max_num_seqs, max_num_batched_tokens), None, fallback=True)
 
 
 class _ClientBase:
@@ -167,14 +161,8 @@ class _ClientBase:
         candidates: Sequence[Candidate], max_num_seqs: int, max_num_batched_tokens: int, guard: ordering.StarvationGuard | None
     ) -> pb.NextBatchRequest:
         # Columns: an order of magnitude cheaper to encode and decode than one message per candidate.
-        cols = pb.CandidateColumns(
-            request_ids=[c.request_id for c in candidates],
-            scores=[math.nan if c.score is None else c.score for c in candidates],
-            running=[c.running for c in candidates],
-            num_tokens=[c.num_tokens for c in candidates],
-            priorities=[c.priority for c in candidates],
-            idle_steps=[c.idle_steps for c in candidates],
-            promoted_steps_left=[c.promoted_steps_left for c in candidates],
+        cols = wire.candidate_columns(
+            [c.request_id for c in candidates], candidate_table(candidates), [c.prompt or "" for c in candidates]
         )
         req = pb.NextBatchRequest(
             columns=cols, budget=pb.Budget(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens)
