@@ -1,5 +1,7 @@
 """The ordering policy, without gRPC: strict priority, budget, preemption, starvation guard."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -267,3 +269,30 @@ def test_the_fallback_is_the_policy_with_no_scores_and_no_guard():
 def test_non_positive_budget_is_rejected():
     with pytest.raises(ValueError):
         next_batch(Candidates.build(scores=[1.0]), 0, 10)
+
+
+def test_the_checked_in_fallback_vectors_are_what_the_policy_decides():
+    from tools import fcfs_vectors
+
+    assert fcfs_vectors.PATH.read_text() == fcfs_vectors.render(), "stale: run `python tools/fcfs_vectors.py`"
+
+
+def test_the_python_clients_fallback_decides_every_vector_alike():
+    # clients/node/test/fallback.test.js asserts the same vectors against the Node client's fallback.
+    from ltr_client import Candidate, fcfs_batch
+    from tools import fcfs_vectors
+
+    cases = json.loads(fcfs_vectors.PATH.read_text())["cases"]
+    assert len(cases) > 50
+    for case in cases:
+        cands = [
+            Candidate(
+                r["requestId"], running=r.get("running", False), num_tokens=r.get("numTokens", 1), priority=r.get("priority", 0),
+                idle_steps=r.get("idleSteps", 0), promoted_steps_left=r.get("promotedStepsLeft", 0),
+                protected=r.get("protected", False), overtakes=r.get("overtakes", 0), arrival_step=r.get("arrivalStep"),
+            )
+            for r in case["candidates"]
+        ]
+        batch = fcfs_batch(cands, case["budget"]["maxNumSeqs"], case["budget"]["maxNumBatchedTokens"])
+        got = {key: np.asarray(getattr(batch, field)).tolist() for field, key in fcfs_vectors.EXPECTED.items()}
+        assert got == case["expected"], case["name"]

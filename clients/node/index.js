@@ -201,6 +201,8 @@ export function serviceConfig(maxAttempts = 3) {
  * @property {number} [promotedStepsLeft] starvation counter from the previous nextBatch (default 0)
  * @property {boolean} [protected] from the previous nextBatch: promoted once, so never preempted for rank while running
  * @property {number} [overtakes] from the previous nextBatch: later arrivals admitted ahead of it (default 0)
+ * @property {number} [arrivalStep] when it arrived (e.g. the engine step), on every candidate or on none: only a
+ *   candidate that arrived in a later step overtakes it, so a burst's requests do not overtake one another
  */
 
 /**
@@ -273,11 +275,13 @@ const u32 = (/** @type {unknown} */ x, /** @type {number} */ dflt) => clampInt(x
 const i32 = (/** @type {unknown} */ x) => clampInt(x, -0x80000000, 0x7fffffff, 0);
 
 /**
- * The fallback decision, computed locally: explicit priority, then arrival order, within the budget.
- * No scores and no starvation guard; candidates already promoted, and protected ones that are
- * running, keep the top band, as in the Python client's fcfs_batch.
+ * The fallback decision, computed locally: the shared policy (`ltr_client.ordering.fcfs_decision`)
+ * with no scores and no starvation guard. That is explicit priority, then arrival order, within the
+ * budget; candidates already promoted, and protected ones that are running, keep the top band; the
+ * counters advance as NextBatch advances them. tests/vectors/fcfs_decisions.json, generated from the
+ * Python policy, holds the decisions this must reproduce (test/fallback.test.js).
  * @param {Candidate[]} candidates in arrival order
- * @param {Budget} budget
+ * @param {Budget} budget a budget below 1 counts as 1
  * @returns {Batch}
  */
 export function fcfsBatch(candidates, budget) {
@@ -311,7 +315,7 @@ export function fcfsBatch(candidates, budget) {
     idleSteps: candidates.map((c, i) => (isScheduled[i] ? 0 : u32(c.idleSteps, 0) + 1)),
     promotedStepsLeft: promoted.map((p, i) => (isScheduled[i] && p > 0 ? p - 1 : p)),
     protected: isProtected,
-    overtakes: fcfsOvertakes(candidates, isScheduled),
+    overtakes: overtakesAfter(candidates, isScheduled),
     scores: new Array(n).fill(NaN),
     unscored: Array.from({ length: n }, (_, i) => i),
     modelVersion: null,
@@ -321,20 +325,45 @@ export function fcfsBatch(candidates, budget) {
 }
 
 /**
+ * Each candidate's arrival key: its `arrivalStep` when every candidate has one, else its position.
+ * @param {Candidate[]} candidates
+ * @returns {number[] | null} the arrival steps, or null for positions
+ */
+function arrivalSteps(candidates) {
+  const given = candidates.map((c) => c.arrivalStep !== undefined && c.arrivalStep !== null);
+  if (!given.some(Boolean)) return null;
+  const missing = given.indexOf(false);
+  if (missing >= 0) throw new Error(`candidates[${missing}].arrivalStep: set it on every candidate or on none`);
+  return candidates.map((c) => Math.max(0, Math.trunc(Number(c.arrivalStep))));
+}
+
+/**
  * Overtake counts after a decision: a candidate left out is overtaken once by every admission
- * (waiting -> scheduled) of a later arrival; scheduled candidates restart at 0.
+ * (waiting -> scheduled) of a candidate that arrived later (a greater arrival step, or without
+ * arrival steps a later position); scheduled candidates restart at 0.
  * @param {Candidate[]} candidates in arrival order
  * @param {Uint8Array} isScheduled
  * @returns {number[]}
  */
-function fcfsOvertakes(candidates, isScheduled) {
-  const out = new Array(candidates.length);
-  let admittedLater = 0;
-  for (let i = candidates.length - 1; i >= 0; i--) {
-    out[i] = isScheduled[i] ? 0 : u32(candidates[i].overtakes, 0) + admittedLater;
-    if (isScheduled[i] && !candidates[i].running) admittedLater += 1;
+function overtakesAfter(candidates, isScheduled) {
+  let arrival;
+  try {
+    arrival = arrivalSteps(candidates) ?? candidates.map((_, i) => i);
+  } catch {
+    arrival = candidates.map((_, i) => i); // a partial column is the caller's error; the fallback still answers
   }
-  return out;
+  const admitted = arrival.filter((_, i) => isScheduled[i] && !candidates[i].running).sort((a, b) => a - b);
+  const laterThan = (/** @type {number} */ step) => {
+    let lo = 0;
+    let hi = admitted.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (admitted[mid] <= step) lo = mid + 1;
+      else hi = mid;
+    }
+    return admitted.length - lo;
+  };
+  return candidates.map((c, i) => (isScheduled[i] ? 0 : u32(c.overtakes, 0) + laterThan(arrival[i])));
 }
 
 /**
@@ -356,6 +385,7 @@ function nextBatchRequest(candidates, budget, guard) {
   const promoted = new Array(n);
   const isProtected = new Array(n);
   const overtakes = new Array(n);
+  const arrivals = arrivalSteps(candidates);
   let anyScore = false, anyPrompt = false, anyRunning = false, anyTokens = false;
   let anyPriority = false, anyIdle = false, anyPromoted = false, anyProtected = false, anyOvertakes = false;
   for (let i = 0; i < n; i++) {
@@ -394,6 +424,7 @@ function nextBatchRequest(candidates, budget, guard) {
       promoted_steps_left: anyPromoted ? promoted : [],
       protected: anyProtected ? isProtected : [],
       overtakes: anyOvertakes ? overtakes : [],
+      arrival_steps: arrivals ?? [],
     },
     budget: {
       max_num_seqs: u32(budget?.maxNumSeqs, 0),

@@ -1,8 +1,30 @@
 // Unit tests that need no sidecar: the FCFS fallback and the circuit breaker.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 
 import { CircuitBreaker, fcfsBatch } from '../index.js';
+
+// Decisions of the shared Python policy (ltr_client.ordering.fcfs_decision), from tools/fcfs_vectors.py.
+const VECTORS = JSON.parse(readFileSync(new URL('../../../tests/vectors/fcfs_decisions.json', import.meta.url), 'utf8'));
+
+test('fcfsBatch decides every shared vector exactly as the Python policy does', () => {
+  assert.ok(VECTORS.cases.length > 50);
+  for (const { name, candidates, budget, expected } of VECTORS.cases) {
+    const batch = fcfsBatch(candidates, budget);
+    const got = Object.fromEntries(Object.keys(expected).map((key) => [key, batch[key]]));
+    assert.deepEqual(got, expected, name);
+    assert.deepEqual(batch.scheduled, expected.order.slice(0, expected.numScheduled), name);
+  }
+});
+
+test('fcfsBatch: requests that arrived in the same step do not overtake one another', () => {
+  const cands = [{ requestId: 'a', arrivalStep: 4 }, { requestId: 'b', arrivalStep: 4 }, { requestId: 'c', arrivalStep: 5 }];
+  const batch = fcfsBatch(cands, { maxNumSeqs: 2, maxNumBatchedTokens: 10 });
+  assert.deepEqual(batch.overtakes, [0, 0, 0]);
+  const burst = fcfsBatch([{ requestId: 'x', priority: 1, arrivalStep: 0 }, { requestId: 'y', arrivalStep: 0 }], { maxNumSeqs: 1, maxNumBatchedTokens: 10 });
+  assert.deepEqual(burst.overtakes, [0, 0], 'y was admitted past x, but they arrived together');
+});
 
 test('fcfsBatch: explicit priority, then arrival, within the budget', () => {
   const cands = [
