@@ -14,6 +14,7 @@ from typing import Any
 from ltr_client import ordering
 
 from .bundle import DEFAULT_BUNDLE
+from .training.adapt import add_command as add_adapt_command
 
 log = logging.getLogger("ltr_sidecar")
 
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_collect(sub)
+    add_adapt_command(sub)
     return parser
 
 

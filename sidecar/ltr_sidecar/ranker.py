@@ -16,6 +16,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from .bundle import Bundle, load_bundle
+from .calibration import EMBEDDING_OUTPUT, AdapterError, load_adapter
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,15 @@ class OnnxRanker:
         if not {"input_ids", "attention_mask"} <= inputs:
             raise ValueError(f"{self.bundle.model_path}: inputs must be input_ids and attention_mask, found {sorted(inputs)}")
         self._output = self.session.get_outputs()[0].name
+        # A calibrated bundle (`ltr-sidecar adapt`) also outputs the pooled embedding, and its
+        # adapter moves each base score: score = base + adapter(embedding, base, prompt tokens).
+        outputs = {o.name: o for o in self.session.get_outputs()[1:]}
+        self.calibration = load_adapter(self.bundle.path, self.bundle.metadata)
+        self._embedding = self.calibration.embedding_output if self.calibration else None
+        if self._embedding is None and EMBEDDING_OUTPUT in outputs:
+            self._embedding = EMBEDDING_OUTPUT
+        if self.calibration and self._embedding not in outputs:
+            raise AdapterError(f"{self.bundle.model_path}: has no output {self._embedding!r} for the bundle's adapter")
         log.info("ranker loaded", extra={"model_version": self.bundle.model_version, "provider": self.provider})
 
     @property
@@ -166,14 +176,41 @@ class OnnxRanker:
         whole batch pay for its padding.
         """
         scores = np.empty(len(token_ids), dtype=np.float32)
-        buckets: dict[int, list[int]] = {}
-        for i, ids in enumerate(token_ids):
-            buckets.setdefault(max(1, len(ids) - 1).bit_length(), []).append(i)
-        for rows in buckets.values():
+        for rows in _buckets(token_ids):
             scores[rows] = self._run([token_ids[i] for i in rows])
         return scores
 
+    def features_ids(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibration features of already cut prompts: the pooled embedding [n, dim], the base score [n]
+        (before any adapter) and the prompt tokens read [n]. Needs a model with an embedding output."""
+        if self._embedding is None:
+            raise ValueError(f"{self.bundle.model_path}: has no {EMBEDDING_OUTPUT!r} output (`ltr-sidecar adapt` writes a bundle with one)")
+        base = np.empty(len(token_ids), dtype=np.float32)
+        parts: dict[int, np.ndarray] = {}
+        for rows in _buckets(token_ids):
+            base[rows], embedding = self._run_model([token_ids[i] for i in rows], embedding=True)
+            parts.update(zip(rows, embedding))
+        embeddings = np.stack([parts[i] for i in range(len(token_ids))]) if token_ids else np.zeros((0, 0), np.float32)
+        return embeddings, base, np.array([len(ids) for ids in token_ids], dtype=np.int64)
+
     def _run(self, rows: list[Sequence[int]]) -> np.ndarray:
+        if self.calibration is None:
+            return self._run_model(rows)[0]
+        base, embedding = self._run_model(rows, embedding=True)
+        return self.calibration.adapter.apply(embedding, base, np.array([len(r) for r in rows]))
+
+    def _run_model(self, rows: list[Sequence[int]], embedding: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The model's base scores and, if asked, its pooled embeddings (else an empty array)."""
         input_ids, mask = pad(rows)
-        (out,) = self.session.run([self._output], {"input_ids": input_ids, "attention_mask": mask})
-        return np.asarray(out, dtype=np.float32).reshape(len(rows))
+        names = [self._output, self._embedding] if embedding else [self._output]
+        out = self.session.run(names, {"input_ids": input_ids, "attention_mask": mask})
+        base = np.asarray(out[0], dtype=np.float32).reshape(len(rows))
+        return base, (np.asarray(out[1], dtype=np.float32).reshape(len(rows), -1) if embedding else np.zeros((0, 0), np.float32))
+
+
+def _buckets(token_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Row indices grouped into power-of-two length buckets."""
+    buckets: dict[int, list[int]] = {}
+    for i, ids in enumerate(token_ids):
+        buckets.setdefault(max(1, len(ids) - 1).bit_length(), []).append(i)
+    return list(buckets.values())

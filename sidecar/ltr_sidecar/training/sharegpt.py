@@ -56,6 +56,8 @@ class Example:
     response: str
     # Filled in by the trainer once it has chosen a tokenizer; None until then.
     output_tokens: int | None = None
+    # The answer was cut (max_tokens, an abort): output_tokens is only a lower bound.
+    censored: bool = False
 
     def with_output_tokens(self, output_tokens: int) -> Example:
         return replace(self, output_tokens=output_tokens)

@@ -5,9 +5,17 @@ Each line is one JSON object, in either form:
     {"prompt": "...", "generated": "..."}      # the reference format (vllm-ltr)
     {"prompt": "...", "output_tokens": 123}    # a count, e.g. from `usage`
 
-with an optional string ``"id"`` (rows sharing an id stay in one split).  A
-row that breaks these rules is skipped and reported with its line number;
-nothing is dropped silently.
+with an optional string ``"id"`` (rows sharing an id stay in one split), and
+optionally how the answer finished, so that a cut answer's length counts as a
+lower bound (*censored*) rather than as its true length:
+
+    "finish_reason": "stop"     # the model ended it: the length is exact
+    "finish_reason": "length"   # cut by max_tokens: censored (also "abort", "content_filter")
+    "censored": true            # the same, said directly
+
+(`ltr-sidecar adapt` uses censoring; `train` and `evaluate` take every length
+as given.)  A row that breaks these rules is skipped and reported with its
+line number; nothing is dropped silently.
 
 Plain Python: imports without torch or numpy.
 """
@@ -25,6 +33,9 @@ from .sharegpt import Example
 
 # How many bad lines are kept verbatim in a report; the count covers them all.
 MAX_LISTED = 20
+# finish_reason values (OpenAI's and vLLM's) and whether the length they leave is exact or a lower bound.
+EXACT_FINISH = frozenset({"stop", "eos", "tool_calls", "function_call"})
+CENSORED_FINISH = frozenset({"length", "abort", "content_filter"})
 
 
 @dataclass
@@ -93,10 +104,18 @@ def _row_to_example(row: Any, line: int) -> Example | str:
         output_tokens = None
     else:
         return "needs field 'generated' or 'output_tokens'"
+    finish = row.get("finish_reason")
+    if finish is not None and finish not in EXACT_FINISH | CENSORED_FINISH:
+        return f"field 'finish_reason' must be one of {', '.join(sorted(EXACT_FINISH | CENSORED_FINISH))}, not {finish!r}"
+    censored = row.get("censored", finish in CENSORED_FINISH)
+    if not isinstance(censored, bool):
+        return f"field 'censored' must be true or false, not {type(censored).__name__}"
+    if finish is not None and censored != (finish in CENSORED_FINISH):
+        return f"field 'censored' ({censored}) contradicts finish_reason {finish!r}"
     # Without an id, identical prompts hash to one split, so a repeated prompt
     # cannot sit in train and test at once.
     key = row_id or "p" + hashlib.sha256(prompt.encode()).hexdigest()[:16]
-    return Example(id=key, prompt=prompt, response=generated, output_tokens=output_tokens)
+    return Example(id=key, prompt=prompt, response=generated, output_tokens=output_tokens, censored=censored)
 
 
 def read_traces(path: str | Path) -> tuple[list[Example], TraceReport]:
