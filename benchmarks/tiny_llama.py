@@ -1,7 +1,7 @@
 """A tiny random-weight Llama for running real vLLM on a CPU, and the environment vLLM needs for it.
 
 Shared by tests/test_vllm_hook.py, benchmarks/hook_overhead.py,
-benchmarks/proxy_vllm_serve.py and benchmarks/serving.py. The weights are
+benchmarks/proxy_vllm_serve.py and benchmarks/serving/. The weights are
 random, so the text it generates is noise; what matters is that vLLM runs its
 real scheduler, KV cache and model loop over it at a CPU-friendly step time.
 

@@ -1,4 +1,4 @@
-"""Smoke test of the serving benchmark (benchmarks/serving.py) at toy sizes.
+"""Smoke test of the serving benchmark (benchmarks/serving/) at toy sizes.
 
 It runs the harness as a user would, `python -m benchmarks.serving`, in its
 own process: real vLLM (a 2-layer random Llama), a real `ltr-sidecar serve`
@@ -91,7 +91,8 @@ def test_every_policy_completes_every_request_of_every_workload_with_its_planned
 
 
 def test_a_long_prompt_keeps_its_start_and_its_last_tokens_and_zero_tail_keeps_only_the_start():
-    from benchmarks.serving import cut_prompt, parse_args
+    from benchmarks.serving.cli import parse_args
+    from benchmarks.serving.trace import cut_prompt
 
     args = parse_args(["--max-prompt-tokens", "10", "--prompt-tail-tokens", "4"])
     assert list(cut_prompt(list(range(100)), args)) == [0, 1, 2, 3, 4, 5, 96, 97, 98, 99]
@@ -101,7 +102,7 @@ def test_a_long_prompt_keeps_its_start_and_its_last_tokens_and_zero_tail_keeps_o
 
 
 def test_a_tail_as_long_as_the_whole_cut_is_refused(capsys):
-    from benchmarks.serving import parse_args
+    from benchmarks.serving.cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--max-prompt-tokens", "10", "--prompt-tail-tokens", "10"])
