@@ -90,25 +90,6 @@ def test_every_policy_completes_every_request_of_every_workload_with_its_planned
         assert (row["threshold"], row["quantum"], row["overtakes"]) == GUARD
 
 
-def test_a_long_prompt_keeps_its_start_and_its_last_tokens_and_zero_tail_keeps_only_the_start():
-    from benchmarks.serving.cli import parse_args
-    from benchmarks.serving.trace import cut_prompt
-
-    args = parse_args(["--max-prompt-tokens", "10", "--prompt-tail-tokens", "4"])
-    assert list(cut_prompt(list(range(100)), args)) == [0, 1, 2, 3, 4, 5, 96, 97, 98, 99]
-    assert list(cut_prompt(list(range(7)), args)) == list(range(7))
-    head_only = parse_args(["--max-prompt-tokens", "10", "--prompt-tail-tokens", "0"])
-    assert list(cut_prompt(list(range(100)), head_only)) == list(range(10))
-
-
-def test_a_tail_as_long_as_the_whole_cut_is_refused(capsys):
-    from benchmarks.serving.cli import parse_args
-
-    with pytest.raises(SystemExit):
-        parse_args(["--max-prompt-tokens", "10", "--prompt-tail-tokens", "10"])
-    assert "--prompt-tail-tokens" in capsys.readouterr().err
-
-
 def test_every_policy_does_identical_work_on_the_same_trace(result):
     _, data, _ = result
     by_workload: dict[str, set] = {}
