@@ -22,7 +22,7 @@ proxy the brief ones should get earlier deadlines and finish first.
     .venv/bin/python benchmarks/proxy_vllm_serve.py --out proxy_vllm_serve.json
 
 The tiny Llama and its tokenizer come from `benchmarks/hook_overhead.py`
-(`build_tiny_llm`), the ranker from `ltr_sidecar.tiny_bundle.build_tiny_bundle`.
+(`build_tiny_llm`), the ranker from `tools.tiny_bundle.build_tiny_bundle`.
 Exits 0 when the brief requests finish earlier through the proxy, 1 when not,
 2 when the setup failed (a process did not start, the time limit ran out).
 """

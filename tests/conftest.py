@@ -14,7 +14,7 @@ import pytest
 from ltr_client.api import ranker_pb2_grpc as pbg
 from ltr_sidecar.config import ServerConfig
 from ltr_sidecar.server import SidecarServer
-from ltr_sidecar.tiny_bundle import build_tiny_bundle
+from tools.tiny_bundle import build_tiny_bundle
 from tools.sidecar_process import SidecarProcess
 
 # Words whose effect on the tiny model's score is known: "brief" prompts rank

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import ClientSession, web
 
 from ltr_client.priority import VirtualDeadline
-from ltr_sidecar.proxy import build_app, prompt_text
+from ltr_client.proxy import build_app, prompt_text
 
 
 class Upstream:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ltr_sidecar.ranker import OnnxRanker, choose_providers
-from ltr_sidecar.tiny_bundle import build_tiny_bundle
+from tools.tiny_bundle import build_tiny_bundle
 
 
 @pytest.fixture(scope="module")

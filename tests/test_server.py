@@ -57,7 +57,7 @@ def test_token_ids_are_scored_like_the_text_they_encode(sidecar):
 
 
 def test_long_token_ids_are_cut_like_long_text_by_a_bundle_that_keeps_the_tail(start_sidecar, tmp_path):
-    from ltr_sidecar.tiny_bundle import build_tiny_bundle
+    from tools.tiny_bundle import build_tiny_bundle
 
     bundle = build_tiny_bundle(tmp_path / "ht", word_bias={"brief": 5.0, "essay": -5.0}, max_length=8, head_tokens=3)
     sidecar = start_sidecar(model=bundle)
@@ -416,7 +416,7 @@ def test_invalid_next_batch_requests_get_invalid_argument_naming_the_field(sidec
 
 
 def test_a_burst_beyond_the_queue_gets_resource_exhausted_and_every_accepted_call_is_answered(start_sidecar, tmp_path):
-    from ltr_sidecar.tiny_bundle import build_tiny_bundle
+    from tools.tiny_bundle import build_tiny_bundle
 
     # A heavier model and a small queue, so that a burst really queues.
     heavy = build_tiny_bundle(tmp_path / "heavy", dim=256, num_layers=4, max_length=256)
@@ -442,7 +442,7 @@ def test_a_burst_beyond_the_queue_gets_resource_exhausted_and_every_accepted_cal
 
 
 def test_cancelled_and_expired_calls_do_not_wedge_the_batcher(start_sidecar, tmp_path):
-    from ltr_sidecar.tiny_bundle import build_tiny_bundle
+    from tools.tiny_bundle import build_tiny_bundle
 
     heavy = build_tiny_bundle(tmp_path / "heavy", dim=256, num_layers=4, max_length=256)
     sidecar = start_sidecar(model=heavy, max_batch_size=2)

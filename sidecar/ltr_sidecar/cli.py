@@ -136,8 +136,16 @@ def _add_proxy(sub: argparse._SubParsersAction) -> None:
     a("--log-level", "debug, info, warning or error", str, "info")
 
     def run(args: argparse.Namespace) -> int:
-        from .proxy import main
+        # Imported only here: the proxy is client code (ltr_client.proxy) and needs aiohttp.
+        try:
+            from ltr_client.proxy import main
+        except ModuleNotFoundError as e:
+            print(f"ltr-sidecar proxy: needs the `proxy` extra (pip install -e '.[proxy]'): {e}", file=sys.stderr)
+            return 2
 
+        from .logs import configure_logging
+
+        configure_logging(args.log_level)
         return main(args)
 
     p.set_defaults(func=run)

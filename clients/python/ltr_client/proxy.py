@@ -1,4 +1,4 @@
-"""`ltr-sidecar proxy`: an OpenAI-compatible proxy that sets each request's `priority`.
+"""An OpenAI-compatible proxy that sets each request's `priority` (`ltr-sidecar proxy`).
 
 For engines without a custom scheduler (vLLM with `--scheduling-policy
 priority`, SGLang with `--enable-priority-scheduling`). For every
@@ -12,6 +12,9 @@ The proxy never holds a request back for the ranker: scoring has a short
 deadline, and a failed or slow score gives the request the neutral rank, so
 unscored requests keep arrival order (FCFS) instead of jumping the queue.
 A `priority` the client set itself is kept.
+
+Client code, so it lives in ltr_client and needs only the client and aiohttp
+(the `proxy` extra); `ltr-sidecar proxy` imports it when that subcommand runs.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
-from ltr_client import AsyncRankerClient, ScoreItem
-from ltr_client.priority import VirtualDeadline
+from .client import AsyncRankerClient, ScoreItem
+from .priority import VirtualDeadline
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +139,7 @@ def build_app(upstream: str, sidecar: str, engine: str = "vllm", weight_ms: floa
 
 
 def main(args: argparse.Namespace) -> int:
-    from .logs import configure_logging
-
-    configure_logging(args.log_level)
+    """Run the proxy until SIGTERM or SIGINT; the caller has configured logging."""
     if not args.upstream:
         log.error("--upstream (or LTR_UPSTREAM) is required")
         return 2

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import MODEL_FILE, TOKENIZER_FILE, write_metadata
+from ltr_sidecar.bundle import MODEL_FILE, TOKENIZER_FILE, write_metadata
 
 SAMPLE_LINES = [
     "write a short poem about the sea",
@@ -96,7 +96,7 @@ def build_model(vocab_size: int, dim: int = 32, num_layers: int = 1, seed: int =
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="ltr_sidecar.tiny_bundle")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tools.tiny_bundle")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
