@@ -22,10 +22,11 @@ esac
 #    and `pip check` below proves it.
 "$python" -m pip install --no-deps --requirement "$here/requirements-cpu.txt"
 
-# 2. The two local packages, built against the pinned setuptools (no build
-#    isolation, so nothing unpinned is fetched). The default ranker bundle ships
-#    inside ltr_sidecar as package data.
-"$python" -m pip install --no-deps --no-build-isolation ./clients/python .
+# 2. The local distribution, ltr-sidecar, which holds both ltr_sidecar and
+#    ltr_client, built against the pinned setuptools (no build isolation, so
+#    nothing unpinned is fetched). The default ranker bundle ships inside
+#    ltr_sidecar as package data.
+"$python" -m pip install --no-deps --no-build-isolation .
 "$python" -m pip check
 
 # 3. CUDA: onnxruntime-gpu replaces onnxruntime (same module, shared files:
