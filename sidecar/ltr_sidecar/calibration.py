@@ -38,7 +38,7 @@ import numpy as np
 ADAPTER_FORMAT = "ltr-adapter/1"
 ADAPTER_FILE = "adapter.json"
 # The name adapt gives the pooled-embedding output it adds to model.onnx.
-EMBEDDING_OUTPUT = "embedding"
+EMBEDDING_OUTPUT = "pooled_embedding"
 
 # Share of the observations held out to judge a candidate (never used to fit it).
 HOLDOUT_FRACTION = 0.3
@@ -52,7 +52,7 @@ MIN_OBSERVATIONS = 20
 MIN_HOLDOUT = 10
 # L2 penalties tried by the inner cross-validation (on standardised features,
 # per mean pair loss). The largest keeps the adapter all but zero.
-PENALTIES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+PENALTIES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 CV_FOLDS = 3
 # Above this many known-order pairs, a uniform sample of them is used.
 MAX_PAIRS = 200_000
