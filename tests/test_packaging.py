@@ -134,3 +134,16 @@ def test_serving_imports_no_training_benchmark_proxy_or_test_code():
     assert "ltr_sidecar.server" in loaded and "onnxruntime" in loaded  # the check sees real imports
     found = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_ON_SERVE))
     assert not found, found
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_the_image_build_context_leaves_training_scratch_out_and_keeps_the_bundle(variant):
+    from tests.test_deploy import DOCKER, dockerignore
+
+    matcher = dockerignore(DOCKER / f"{variant}.Dockerfile")
+    bundles = "sidecar/ltr_sidecar/bundles"
+    # A work directory is left out as a whole (Docker does not descend into an excluded folder), a checkpoint anywhere.
+    for scratch in [f"{bundles}/default.work", f"{bundles}/default.work/checkpoint.pt", f"{bundles}/default/extra.pt"]:
+        assert matcher.matches(scratch), scratch
+    for needed in [f"{bundles}/default/model.onnx", f"{bundles}/default/ranker.json", "clients/python/ltr_client/proxy.py"]:
+        assert not matcher.matches(needed), needed
