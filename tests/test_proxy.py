@@ -144,7 +144,7 @@ def test_virtual_deadline_bounds_how_far_a_short_request_overtakes():
     now = [1000.0]
     vd = VirtualDeadline(weight_ms=5000, clock=lambda: now[0])
     for s in [0.0, 1.0, 2.0, 3.0]:
-        vd.rank(s)
+        vd.relative_rank(s)
     long_first = vd.deadline_ms(-10.0)  # predicted longest: rank 1.0
     now[0] += 4.0
     short_4s_later = vd.deadline_ms(10.0)  # predicted shortest: rank 0.0

@@ -16,7 +16,7 @@ import benchmarks.serving as serving_package
 
 from .baselines import fit_bucket, ranker_check
 from .driver import Run
-from .engine import build_model
+from .engine import build_engine_model
 from .events import log
 from .metrics import figures, guard_sweep_rows
 from .plots import plot
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hook_configs: dict[str, dict[str, Any]] = {}
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="ltr-serving-bench-") as tmp:
-        bench.model = build_model(Path(tmp), tokenizer_json, args)
+        bench.model = build_engine_model(Path(tmp), tokenizer_json, args)
         # No score cache: the same prompts recur across workloads and policies,
         # and cache hits would make the hook's later runs look faster than a
         # stream of new prompts allows.

@@ -15,7 +15,7 @@ from .policies import Policy
 from .trace import TraceRequest
 
 
-def build_model(tmp: Path, tokenizer_json: Path, args: argparse.Namespace) -> Path:
+def build_engine_model(tmp: Path, tokenizer_json: Path, args: argparse.Namespace) -> Path:
     if args.model_config:
         return model_from_config(tmp / "model", args.model_config, tokenizer_json)
     return build_tiny_llama(

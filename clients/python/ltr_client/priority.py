@@ -49,7 +49,7 @@ class VirtualDeadline:
         self._sorted: list[float] = []
         self._lock = threading.Lock()
 
-    def rank(self, score: float | None) -> float:
+    def relative_rank(self, score: float | None) -> float:
         """Share of recent scores higher (shorter predicted output) than `score`; records `score`."""
         if score is None:
             return UNSCORED_RANK
@@ -69,12 +69,12 @@ class VirtualDeadline:
     def deadline_ms(self, score: float | None, arrival_s: float | None = None) -> int:
         """The virtual deadline in Unix milliseconds: comparable across proxies with synchronised clocks."""
         arrival = self._clock() if arrival_s is None else arrival_s
-        return int(arrival * 1000 + self.weight_ms * self.rank(score))
+        return int(arrival * 1000 + self.weight_ms * self.relative_rank(score))
 
     def priority(self, score: float | None, engine: str = "vllm", arrival_s: float | None = None) -> int | float:
         """The `priority` field for `engine`: "vllm", "sglang" or "tensorrt-llm"."""
         if engine == "tensorrt-llm":
-            return 1.0 - self.rank(score)
+            return 1.0 - self.relative_rank(score)
         deadline = self.deadline_ms(score, arrival_s)
         if engine == "vllm":
             return deadline
