@@ -72,4 +72,57 @@ def test_collect_records_usage_token_counts_with_bounded_concurrency_and_reports
     assert 1 < server.max_in_flight <= 3
     examples, check = read_traces(out)
     assert check.bad_rows == 0
+    assert not (tmp_path / "traces.jsonl.partial").exists()
     assert sorted(e.output_tokens for e in examples) == [3 * (i + 1) for i in range(12)]
+
+
+def _dead_port() -> int:
+    """A loopback port with nothing listening: bound once to learn a free number, then closed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_collect_against_a_dead_endpoint_names_the_url_exits_nonzero_and_leaves_no_file(tmp_path: Path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n{"prompt": "world"}\n')
+    out = tmp_path / "traces.jsonl"
+    url = f"http://127.0.0.1:{_dead_port()}"
+    code = main(["collect", "--endpoint", url, "--model", "m", "--prompts", str(prompts), "--out", str(out), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach --endpoint {url}" in err
+    assert list(tmp_path.iterdir()) == [prompts]  # neither traces.jsonl nor traces.jsonl.partial
+
+
+def test_collect_with_no_usable_answer_names_the_url_and_leaves_no_file(model_server, tmp_path: Path, capsys):
+    _, url = model_server
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "please fail"}\n{"prompt": "fail again"}\n')
+    out = tmp_path / "traces.jsonl"
+    code = main(["collect", "--endpoint", url, "--model", "m", "--prompts", str(prompts), "--out", str(out), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"no usable answer from {url} for any of 2 prompts" in err and "HTTP 500" in err
+    assert list(tmp_path.iterdir()) == [prompts]
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:8000", "ftp://host", "http://"])
+def test_collect_refuses_an_endpoint_that_is_not_an_http_url_naming_the_flag(endpoint, tmp_path: Path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "hello"}\n')
+    code = main(["collect", "--endpoint", endpoint, "--model", "m", "--prompts", str(prompts), "--out", str(tmp_path / "t.jsonl"),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--endpoint {endpoint!r}" in err
+    assert list(tmp_path.iterdir()) == [prompts]
+
+
+def test_collect_refuses_a_missing_prompts_file_naming_the_flag(tmp_path: Path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    code = main(["collect", "--endpoint", "http://127.0.0.1:1", "--model", "m", "--prompts", str(missing), "--out",
+                 str(tmp_path / "t.jsonl"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--prompts {missing}" in err

@@ -12,6 +12,12 @@ import json
 import math
 import os
 import random
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,8 +100,8 @@ def synthetic_traces(path: Path, rows: int = 240) -> None:
     lines = []
     for i in range(rows):
         kind = rng.choice(list(KINDS))
-        words = rng.sample(FILLER, 4)
-        words.insert(rng.randrange(5), kind)
+        words = rng.sample(FILLER, rng.randint(3, 5))  # prompt length says nothing about output length
+        words.insert(rng.randrange(len(words) + 1), kind)
         tokens = max(1, int(KINDS[kind] * rng.uniform(0.6, 1.4)))
         row = {"id": f"row{i}", "prompt": " ".join(words)}
         if i % 4 == 0:
@@ -134,15 +140,18 @@ def test_train_export_evaluate_serve_learns_a_learnable_length_signal(tiny_base:
     data = tmp_path / "traces.jsonl"
     synthetic_traces(data)
     bundle = tmp_path / "bundle"
+    assert main(["keygen", "--out", str(tmp_path / "keys")]) == 0
     # Trained on 16 tokens, shipped to read 14 (6 from a long prompt's start, the rest from its end):
     # the bundle is evaluated as it will be served.
     argv = ["train", "--data", str(data), "--base", str(tiny_base), "--out", str(bundle), "--max-length", "16", "--export-max-length", "14",
             "--head-tokens", "6",
             "--list-size", "32", "--epochs", "8", "--lr", "1e-3", "--head-lr", "1e-2", "--word-lr", "1e-2",
-            "--eval-every", "10", "--patience", "0", "--freeze-layers", "1", "--no-progress", "--name", "tiny-ltr"]
+            "--eval-every", "10", "--patience", "0", "--freeze-layers", "1", "--no-progress", "--name", "tiny-ltr",
+            "--signing-key", str(tmp_path / "keys" / "ltr-sidecar.key")]
     assert main(argv) == 0
 
-    meta = load_bundle(bundle).metadata  # hashes verified
+    meta = load_bundle(bundle, trusted_key=tmp_path / "keys" / "ltr-sidecar.pub").metadata  # hashes and signature verified
+    assert not (tmp_path / "bundle.work" / "bundle").exists()  # the staged bundle was moved into place
     assert meta["max_length"] == 14 and meta["training"]["config"]["max_length"] == 16
     assert meta["truncation"] == {"head_tokens": 6}
     assert meta["parity"]["max_abs_diff"] <= 1e-3 and meta["parity"]["kendall_tau_b"] >= 0.999
@@ -160,6 +169,7 @@ def test_train_export_evaluate_serve_learns_a_learnable_length_signal(tiny_base:
     assert result["prompts"] == split["test"]
     assert result["ranker"]["kendall_tau_b"] == pytest.approx(meta["evaluation"]["kendall_tau_b"], abs=1e-6)
     assert set(result["baselines"]) == {"prompt_length", "tfidf_ridge", "bucket_classifier"}
+    assert result["ranker"]["kendall_tau_b"] > result["baselines"]["prompt_length"]["kendall_tau_b"]
 
     sidecar = start_sidecar(model=bundle)
     with RankerClient(sidecar.target, timeout_s=10) as client:
@@ -190,3 +200,89 @@ def test_train_refuses_an_export_length_beyond_the_training_length_and_a_head_wi
     # A head as long as the bundle's length would leave no tail.
     assert main([*argv[:-3], "--export-max-length", "12", "--head-tokens", "12", "--no-progress"]) == 2
     assert "--head-tokens 12" in capsys.readouterr().err
+
+
+class TrainProcess:
+    """`ltr-sidecar train` as a child process; stderr (logs and progress bars) collected as it comes."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ltr_sidecar", *argv], stderr=subprocess.PIPE, text=True)
+        self.err = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for chunk in iter(lambda: self.proc.stderr.read(1), ""):  # type: ignore[union-attr]
+            self.err += chunk
+
+    def wait_for(self, text: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.err:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode} before {text!r}:\n{self.err}"
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.err}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 120) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+
+def test_sigterm_during_training_saves_a_checkpoint_and_prints_the_command_that_resumes_it(tiny_base: Path, tmp_path: Path):
+    data = tmp_path / "traces.jsonl"
+    synthetic_traces(data)
+    # Far more steps than the test will run, and no evaluation before the signal.
+    argv = ["train", "--data", str(data), "--base", str(tiny_base), "--out", str(tmp_path / "bundle"), "--max-length", "16",
+            "--list-size", "32", "--epochs", "1000", "--eval-every", "100000", "--freeze-layers", "1"]
+    run = TrainProcess(argv)
+    run.wait_for("training: step 0 of 5000")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 128 + signal.SIGTERM, run.err
+    checkpoint = tmp_path / "bundle.work" / "checkpoint.pt"
+    message = next(line for line in run.err.splitlines() if "interrupted by SIGTERM" in line)
+    assert f"checkpoint saved to {checkpoint}; resume with: ltr-sidecar train " in message
+    assert checkpoint.is_file() and not (tmp_path / "bundle").exists()
+    # The progress bar had no evaluation to show yet, and said so.
+    assert "best_val_tau=none yet" in run.err and "-2.0000" not in run.err
+    stopped_at = int(message.split(" at step ")[1].split()[0])
+    assert stopped_at >= 1  # the step under way when the signal came was finished and saved
+
+    # The printed command, run as printed, continues from that step (and can be interrupted again).
+    resume = shlex.split(message.split("resume with: ")[1])
+    assert resume[:2] == ["ltr-sidecar", "train"] and resume[-1] == "--resume"
+    run = TrainProcess(resume[1:])
+    run.wait_for(f"training: step {stopped_at} of 5000")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish() == 128 + signal.SIGINT, run.err
+    assert f"resumed from {checkpoint} at step {stopped_at}" in run.err
+    again = next(line for line in run.err.splitlines() if "interrupted by SIGINT" in line)
+    assert int(again.split(" at step ")[1].split()[0]) > stopped_at
+
+
+def test_a_bundle_worse_than_every_baseline_is_refused_unless_allowed(tiny_base: Path, tmp_path: Path, capsys):
+    from ltr_sidecar.bundle import load_bundle
+    from ltr_sidecar.cli import main
+
+    # Output length is the prompt's length: the prompt-length baseline is nearly perfect, and an untrained
+    # model (every learning rate 0) cannot keep up with any baseline.
+    rng = random.Random(1)
+    rows = []
+    for i in range(160):
+        words = rng.choices(FILLER, k=rng.randint(1, 10))
+        rows.append(json.dumps({"id": f"r{i}", "prompt": " ".join(words), "output_tokens": 20 * len(words)}))
+    data = tmp_path / "traces.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "bundle"
+    argv = ["train", "--data", str(data), "--base", str(tiny_base), "--out", str(out), "--max-length", "16", "--list-size", "32",
+            "--epochs", "0.2", "--lr", "0", "--head-lr", "0", "--word-lr", "0", "--freeze-layers", "2", "--quantize", "fp32",
+            "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"not writing {out}: its test tau-b" in err and "is below every baseline's (prompt_length 1.0000, tfidf_ridge" in err
+    assert "--allow-worse-than-baselines" in err
+    assert not out.exists()
+    load_bundle(tmp_path / "bundle.work" / "bundle")  # kept, whole, for inspection
+
+    assert main([*argv, "--allow-worse-than-baselines"]) == 0
+    assert "WRITING A BUNDLE WORSE THAN EVERY BASELINE" in capsys.readouterr().err
+    assert load_bundle(out).metadata["evaluation"]["worse_than_every_baseline"] is True

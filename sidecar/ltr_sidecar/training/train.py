@@ -26,11 +26,14 @@ import os
 import platform
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 # No hub downloads are possible (or wanted): everything is read from local dirs.
@@ -42,8 +45,11 @@ import torch
 from tqdm import tqdm
 
 from ..bundle import write_metadata
+from ..signing import key_id, load_private_key, sign_bundle
 from ..ranker import OnnxRanker, load_tokenizer, tokenize
 from . import export
+from .commands import train_command_line
+from .config import TrainConfig
 from .dataset import SHAREGPT, label_examples, load_source, sharegpt_all_turns_train, split_source
 from .evaluate import evaluate_bundle, score_bundle
 from .losses import LOSSES
@@ -54,54 +60,65 @@ from .sharegpt import Example
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+STAGING = "bundle"  # in <work>: the new bundle, until it has passed its checks
 
 
-@dataclass
-class TrainConfig:
-    """Every knob of a training run; recorded in the bundle's ranker.json. Help text: `ltr-sidecar train --help`."""
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run; the message says what was saved and the command that resumes."""
 
-    data: str = SHAREGPT
-    base: str = ""
-    out: str = "ranker-bundle"
-    work: str = ""
-    name: str = "ranker"
-    version: str = "0.1.0"
-    resume: bool = False
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    all_turns: bool = False
-    max_train_rows: int = 0
-    val_size: int = 1000
-    min_test_size: int = 0
-    label_tokenizer: str = ""
-    max_length: int = 128
-    export_max_length: int = 0
-    head_tokens: int = 0
-    loss: str = "listmle"
-    list_size: int = 64
-    chunk_size: int = 16
-    epochs: float = 1.0
-    lr: float = 5e-5
-    head_lr: float = 1e-3
-    word_lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup: float = 0.05
-    freeze_layers: int = 0
-    bag_of_words: bool = True
-    eval_every: int = 100
-    patience: int = 5
-    time_budget_min: float = 0.0
-    device: str = "auto"
-    threads: int = 0
-    quantize: str = "auto"
-    max_bundle_mb: float = 60.0
-    max_tau_drop: float = 0.01
-    parity_prompts: int = 200
-    base_license: str = ""
-    command: str = ""
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class WorseThanBaselines(RuntimeError):
+    """The new bundle ranks worse than every baseline on its own test split; it was not written to --out."""
+
+
+class _Stop(BaseException):
+    """Raised by the signal handler outside the step loop (BaseException: no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT while training: inside the step loop (`deferred`) the run stops at the end of the
+    step, so the checkpoint it saves is consistent; elsewhere it stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.deferred = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        if not self.deferred:
+            raise _Stop(signum)
+
+
+def work_dir(cfg: TrainConfig) -> Path:
+    """Where checkpoints and scratch files go: --work, else <out>.work."""
+    out = Path(cfg.out)
+    return Path(cfg.work) if cfg.work else out.with_name(out.name + ".work")
+
+
+def resume_hint(cfg: TrainConfig) -> str:
+    return f"resume with: {train_command_line(replace(cfg, resume=False))} --resume"
+
+
+def _tau_text(tau: float | None) -> str:
+    return "none yet" if tau is None else f"{tau:.4f}"
 
 
 DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -207,7 +224,25 @@ def _lr_lambda(warmup_steps: int, total_steps: int):  # type: ignore[no-untyped-
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the whole pipeline; return the written bundle's evaluation (also in its ranker.json)."""
+    """Run the whole pipeline; return the written bundle's evaluation (also in its ranker.json).
+
+    Raises TrainingInterrupted on SIGTERM or SIGINT (with a checkpoint when training had begun), and
+    WorseThanBaselines when the bundle ranks worse than every baseline and cfg.allow_worse_than_baselines is off.
+    """
+    with _StopSignals() as stop:
+        try:
+            return _train(cfg, stop)
+        except _Stop as e:
+            checkpoint = work_dir(cfg) / CHECKPOINT
+            name = signal.Signals(e.signum).name
+            if checkpoint.is_file():
+                message = f"interrupted by {name}; the last checkpoint is {checkpoint}; {resume_hint(cfg)}"
+            else:
+                message = f"interrupted by {name} before the first checkpoint; nothing to resume: run the same command again"
+            raise TrainingInterrupted(e.signum, message) from None
+
+
+def _train(cfg: TrainConfig, stop: _StopSignals) -> dict[str, Any]:
     t_start = time.time()
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -223,8 +258,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     tokenizer_path = base / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise ValueError(f"--base {base}: no tokenizer.json (a fast tokenizer file is what the bundle ships)")
+    signing_key = load_private_key(cfg.signing_key) if cfg.signing_key else None  # a bad key fails now, not after training
     out = Path(cfg.out)
-    work = Path(cfg.work) if cfg.work else out.with_name(out.name + ".work")
+    work = work_dir(cfg)
     work.mkdir(parents=True, exist_ok=True)
 
     # -- 1. data --------------------------------------------------------------
@@ -290,10 +326,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     loss_fn = LOSSES[cfg.loss]
 
     # -- 4. train ----------------------------------------------------------------
-    step, best_tau, best_step, stale = 0, -2.0, 0, 0
+    step, best_step, stale = 0, 0, 0
+    best_tau: float | None = None  # no evaluation yet
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     history: list[dict[str, float]] = []
     checkpoint = work / CHECKPOINT
+    if cfg.resume and not checkpoint.is_file():
+        log.warning("--resume: no %s; training from the start", checkpoint)
     if cfg.resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -302,7 +341,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step, best_tau, best_step, stale = state["step"], state["best_tau"], state["best_step"], state["stale"]
         best_state, history = state["best"], json.loads(state["history"])
         torch.set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d (best val tau-b %.4f at step %d)", checkpoint, step, best_tau, best_step)
+        log.info("resumed from %s at step %d (best val tau-b %s at step %d)", checkpoint, step, _tau_text(best_tau), best_step)
+
+    def save_checkpoint() -> None:
+        # Written aside and renamed: a run killed while saving keeps its previous checkpoint.
+        partial = checkpoint.with_name(checkpoint.name + ".partial")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "step": step, "best_tau": best_tau, "best_step": best_step, "stale": stale, "best": best_state,
+             "history": json.dumps(history), "rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg))},
+            partial,
+        )
+        os.replace(partial, checkpoint)
 
     def evaluate_val() -> float:
         return kendall_tau_b(val_scorer.score_all(), val_tokens)
@@ -311,6 +361,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     stop_reason = "epochs done"
     bar = tqdm(total=total_steps, initial=step, desc=f"train ({cfg.loss}, lists of {cfg.list_size})", unit=" step", disable=not cfg.progress)
     running = 0.0
+    log.info("training: step %d of %d (%d per epoch), val every %d steps", step, total_steps, steps_per_epoch, cfg.eval_every)
+    stop.deferred = True  # a signal now ends the run after the current step, with a checkpoint
     while step < total_steps:
         epoch = step // steps_per_epoch
         # Each epoch's lists are fixed by (seed, epoch), so a resumed run sees the same lists.
@@ -328,34 +380,35 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
         running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.3f}", best_val_tau=f"{best_tau:.4f}")
+        bar.set_postfix(loss=f"{running:.3f}", best_val_tau=_tau_text(best_tau))
         over_budget = cfg.time_budget_min > 0 and time.time() - t_start > cfg.time_budget_min * 60
         if step % cfg.eval_every == 0 or step == total_steps or over_budget:
             tau = evaluate_val()
             history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": round(running, 4), "val_kendall_tau_b": round(tau, 5)})
-            if tau > best_tau:
+            if best_tau is None or tau > best_tau:
                 best_tau, best_step, stale = tau, step, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
             log.info("step %d: val tau-b %.4f (best %.4f at step %d)", step, tau, best_tau, best_step)
-            torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "step": step, "best_tau": best_tau, "best_step": best_step, "stale": stale, "best": best_state,
-                 "history": json.dumps(history), "rng": torch.get_rng_state(), "config": json.dumps(asdict(cfg))},
-                checkpoint,
-            )
+            save_checkpoint()
             if cfg.patience and stale >= cfg.patience:
                 stop_reason = f"early stop: no val gain in {stale} evaluations"
                 break
             if over_budget:
                 stop_reason = f"time budget of {cfg.time_budget_min} min reached"
                 break
+        if stop.signum is not None:
+            bar.close()
+            save_checkpoint()
+            raise TrainingInterrupted(stop.signum, f"interrupted by {signal.Signals(stop.signum).name} at step {step} of "
+                                      f"{total_steps}; checkpoint saved to {checkpoint}; {resume_hint(cfg)}")
+    stop.deferred = False
     bar.close()
     train_s = time.time() - t_train
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    log.info("training done (%s) in %.0f s; best val tau-b %.4f at step %d", stop_reason, train_s, best_tau, best_step)
+    log.info("training done (%s) in %.0f s; best val tau-b %s at step %d", stop_reason, train_s, _tau_text(best_tau), best_step)
 
     # -- 5. export, parity, variants ------------------------------------------
     # The bundle's max_length is what the server reads; the variants and the
@@ -420,15 +473,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise RuntimeError(f"no variant can ship: {rejected}")
     shipped = eligible[0]
 
-    # -- 6. write the bundle, then evaluate it as served -----------------------
-    if out.exists():
-        shutil.rmtree(out)  # write_metadata hashes every file present; no stale extras may stay
-    out.mkdir(parents=True)
-    shutil.copyfile(files[shipped], out / "model.onnx")
-    shutil.copyfile(tokenizer_path, out / "tokenizer.json")
+    # -- 6. write the bundle aside, evaluate it as served, then replace --out --
+    staging = work / STAGING
+    if staging.exists():
+        shutil.rmtree(staging)  # write_metadata hashes every file present; no stale extras may stay
+    staging.mkdir(parents=True)
+    shutil.copyfile(files[shipped], staging / "model.onnx")
+    shutil.copyfile(tokenizer_path, staging / "tokenizer.json")
     licences = sorted(p for p in base.iterdir() if p.is_file() and p.name.upper().startswith(("LICENSE", "LICENCE")))
     for licence in licences:
-        shutil.copyfile(licence, out / f"BASE_MODEL_{licence.name}")
+        shutil.copyfile(licence, staging / f"BASE_MODEL_{licence.name}")
     encoder_config = model.encoder.config
     meta: dict[str, Any] = {
         "name": cfg.name,
@@ -482,10 +536,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         },
         "runtime": {"session_config": export.SESSION_CONFIG[shipped]},
     }
-    write_metadata(out, meta)
+    write_metadata(staging, meta)
     shutil.rmtree(variants_dir, ignore_errors=True)
 
-    result = evaluate_bundle(out, cfg.data, "test", progress=cfg.progress)
+    result = evaluate_bundle(staging, cfg.data, "test", progress=cfg.progress)
+    worse = _worse_than_every_baseline(result)
     meta["evaluation"] = {
         "kendall_tau_b": result["ranker"]["kendall_tau_b"],
         "spearman": result["ranker"]["spearman"],
@@ -495,8 +550,38 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "baselines": result.get("baselines", {}),
         "margin_over_bucket_classifier": result.get("margin_over_bucket_classifier"),
         "val_kendall_tau_b": best_tau,
+        **({"worse_than_every_baseline": True} if worse else {}),
     }
     meta["training"]["seconds"]["total"] = round(time.time() - t_start, 1)
-    write_metadata(out, meta)
+    write_metadata(staging, meta)
+    if worse and not cfg.allow_worse_than_baselines:
+        raise WorseThanBaselines(f"not writing {out}: {worse}; the bundle is kept in {staging} for inspection. "
+                                 "Pass --allow-worse-than-baselines to write it anyway")
+    if worse:
+        log.warning("WRITING A BUNDLE WORSE THAN EVERY BASELINE to %s (--allow-worse-than-baselines): %s; "
+                    "ranker.json records evaluation.worse_than_every_baseline", out, worse)
+    if signing_key is not None:
+        log.info("signed %s with key %s", sign_bundle(staging, signing_key), key_id(signing_key.public_key()))
+    stop.deferred = True  # a signal now waits until --out is whole again
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(staging, out)
+    stop.deferred = False
     log.info("wrote %s (%s, %.1f MB) in %.0f s", out, shipped, (out / "model.onnx").stat().st_size / 1e6, time.time() - t_start)
     return result
+
+
+def _worse_than_every_baseline(result: dict[str, Any]) -> str:
+    """Why the evaluated bundle ranks below every baseline ('' when it does not; it then warns if below some)."""
+    tau = result["ranker"]["kendall_tau_b"]
+    baselines = {name: figures["kendall_tau_b"] for name, figures in result.get("baselines", {}).items()}
+    figures = ", ".join(f"{name} {value:.4f}" for name, value in baselines.items())
+    # A baseline without a tau (constant scores, e.g. prompts all of one length) beats nothing; a NaN ranker loses to all.
+    baselines = {name: value for name, value in baselines.items() if math.isfinite(value)}
+    beaten_by = [name for name, value in baselines.items() if not tau > value]
+    if baselines and len(beaten_by) == len(baselines):
+        return f"its test tau-b {tau:.4f} on {result['prompts']} prompts is below every baseline's ({figures})"
+    if beaten_by:
+        log.warning("the bundle's test tau-b %.4f is below %s (%s)", tau, " and ".join(beaten_by), figures)
+    return ""
