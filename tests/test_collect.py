@@ -45,7 +45,7 @@ def model_server():
     app = web.Application()
     app.router.add_post("/v1/chat/completions", server.chat)
     loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, access_log=None)  # its thread would log to a stream pytest has closed
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)
     loop.run_until_complete(site.start())

@@ -11,7 +11,9 @@ cannot list: it would have to contain its own signature)::
 Keys are PEM files: a PKCS#8 private key (``ltr-sidecar keygen`` writes it
 mode 0600) and SubjectPublicKeyInfo public keys; a trusted-key file may hold
 several public keys, one PEM block each.  `cryptography` is imported only
-here, and only when something is signed or verified.
+here, and only when something is signed or verified: it comes with the
+``signing`` extra (and ``train``), so a server that checks no signatures
+does not need it.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ _PUBLIC_PEM = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY----
 def _crypto() -> Any:
     try:
         from cryptography.hazmat.primitives import serialization
-    except ImportError as e:  # pragma: no cover - a base dependency; only a hand-pruned install lacks it
-        raise ValueError("bundle signatures need the cryptography package (pip install cryptography)") from e
+    except ImportError as e:  # pragma: no cover - the test extra installs it
+        raise ValueError("bundle signatures need the cryptography package: pip install 'ltr-sidecar[signing]'") from e
     return serialization
 
 
@@ -51,9 +53,9 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 
 def generate_key_pair(directory: str | Path, name: str = "ltr-sidecar") -> tuple[Path, Path]:
     """Write <name>.key (private, mode 0600) and <name>.pub in `directory`; never overwrite either."""
+    serialization = _crypto()  # first: a missing package is named, not an ImportError
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    serialization = _crypto()
     directory = Path(directory)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_path, public_path = directory / f"{name}.key", directory / f"{name}.pub"
@@ -72,9 +74,9 @@ def generate_key_pair(directory: str | Path, name: str = "ltr-sidecar") -> tuple
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """An unencrypted PEM Ed25519 private key; ValueError naming the file otherwise."""
+    serialization = _crypto()  # first: a missing package is named, not an ImportError
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    serialization = _crypto()
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -90,9 +92,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 def load_public_keys(path: str | Path) -> list[Ed25519PublicKey]:
     """Every Ed25519 public key (PEM blocks) in a file; ValueError naming the file if there is none or one is not Ed25519."""
+    serialization = _crypto()  # first: a missing package is named, not an ImportError
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    serialization = _crypto()
     try:
         data = Path(path).read_bytes()
     except OSError as e:
@@ -134,9 +136,9 @@ def verify_metadata(bundle_dir: Path, metadata: bytes, trusted_key_file: str | P
     Returns the id of the key that signed; raises BundleError naming ranker.sig otherwise (unsigned,
     malformed, or signed over other bytes or by a key not in the file).
     """
+    keys = load_public_keys(trusted_key_file)  # first: names a missing cryptography package
     from cryptography.exceptions import InvalidSignature
 
-    keys = load_public_keys(trusted_key_file)
     sig_path = bundle_dir / SIGNATURE_FILE
     if not sig_path.is_file():
         raise BundleError(f"{sig_path}: not found: the bundle is unsigned, and --trusted-key {trusted_key_file} requires a signature")
