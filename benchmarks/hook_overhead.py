@@ -171,23 +171,24 @@ class _Item:
 
 
 def ordering_cost(target: str, sizes: list[int], calls: int, max_num_seqs: int) -> list[dict[str, float]]:
-    """Median cost of ordering n scored waiting requests once: `ranking.rank` in-process vs the NextBatch RPC."""
+    """Median cost of ordering n scored waiting requests once: `ranking.RankedTable.reorder` in-process vs the NextBatch RPC."""
     from ltr_client import Candidate, RankerClient, StarvationGuard
-    from ltr_client.vllm.ranking import RankState, rank
+    from ltr_client.vllm.ranking import RankedTable, RankState
 
     guard = StarvationGuard()
     rng = random.Random(0)
     rows = []
     with RankerClient(target, timeout_s=5.0) as client:
         for n in sizes:
-            items = [_Item(0, RankState(score=rng.uniform(-5, 5), mark=rng.randrange(100))) for _ in range(n)]
-            cands = [Candidate(f"r{i}", score=it.ltr_state.score, idle_steps=100 - it.ltr_state.mark) for i, it in enumerate(items)]
+            items = [_Item(0, RankState(score=rng.uniform(-5, 5), last_run_step=rng.randrange(100))) for _ in range(n)]
+            cands = [Candidate(f"r{i}", score=it.ltr_state.score, idle_steps=100 - it.ltr_state.last_run_step) for i, it in enumerate(items)]
             local, remote = [], []
             for _ in range(calls):
                 # Full re-rank of an unsorted queue: the hook's worst case (it
                 # skips ranking when nothing changed since the last step).
+                queue = list(items)  # unranked each time
                 t = time.perf_counter()
-                rank(items, 101, guard)
+                RankedTable().reorder([queue], [False], 101, guard, max_num_seqs)
                 local.append(time.perf_counter() - t)
                 t = time.perf_counter()
                 batch = client.next_batch(cands, max_num_seqs, 8192, guard)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 
 from ltr_client import ordering  # noqa: E402
 from ltr_client.vllm import LTRAsyncScheduler, LTRRequestQueue, LTRScheduler  # noqa: E402
-from ltr_client.vllm.ranking import AdmissionLog, rank  # noqa: E402
+from ltr_client.api import ranker_pb2 as pb  # noqa: E402
+from ltr_client.vllm.ranking import STATE_ATTR, AdmissionLog, RankedTable  # noqa: E402
 from tests.test_vllm_hook_without_engine import Item, names  # noqa: E402
 
 # Prompts the tiny ranker (conftest.WORD_BIAS) scores far apart: "brief"
@@ -190,22 +192,35 @@ def fcfs(llm: LLM) -> dict[str, Done]:
 # --------------------------------------------------------------------------
 
 
+def ranker(queue: LTRRequestQueue, guard: ordering.StarvationGuard, log: AdmissionLog | None = None) -> Callable[[int], bool]:
+    """What the scheduler does at the start of each step: rank the queue's table if its order can have changed."""
+
+    def rank(step: int) -> bool:
+        if not queue.table.needs_rank(step, log.total if log is not None else 0):
+            return False
+        return queue.table.reorder([queue], [False], step, guard, MAX_NUM_SEQS, log)
+
+    return rank
+
+
 def test_the_queue_reranks_on_new_scores_prepends_and_due_promotions_only():
     guard = ordering.StarvationGuard(threshold_steps=4, quantum_steps=1)
     a, b, c = Item("a", 1.0), Item("b", 2.0), Item("c")
     queue = LTRRequestQueue([a, b, c])
-    assert queue.rank(1, guard) and names(list(queue)) == ["b", "a", "c"]
+    rank = ranker(queue, guard)
+    assert rank(1) and names(queue) == ["b", "a", "c"]
     c.ltr_state.score = 3.0
-    assert not queue.rank(2, guard), "nothing said the order changed: no work"
+    assert not rank(2), "nothing said the order changed: no work"
     queue.invalidate()  # what the scheduler does when scores arrive
-    assert queue.rank(2, guard) and names(list(queue)) == ["c", "b", "a"]
-    queue.pop_request()
-    queue.prepend_request(Item("p", 0.0, mark=2))  # a preempted request returns at the front
-    assert queue.rank(3, guard) and names(list(queue)) == ["b", "a", "p"]
+    assert rank(2) and names(queue) == ["c", "b", "a"]
+    queue.pop_request()  # every request is scored: the rest stays ranked
+    assert not queue.table.stale
+    queue.prepend_request(Item("p", 0.0, last_run_step=2))  # a preempted request returns at the front
+    assert rank(3) and names(queue) == ["b", "a", "p"]
     # "a" has idled since step 0: at step 5 the guard promotes it, with no other trigger.
-    b.ltr_state.mark = 3
-    assert not queue.rank(4, guard)
-    assert queue.rank(5, guard) and names(list(queue)) == ["a", "b", "p"]
+    b.ltr_state.last_run_step = 3
+    assert not rank(4)
+    assert rank(5) and names(queue) == ["a", "b", "p"]
     assert a.ltr_state.promoted_steps_left == 1 and b.ltr_state.promoted_steps_left == 0
 
 
@@ -213,18 +228,19 @@ def test_the_queue_promotes_a_request_overtaken_by_k_later_arrivals_and_reranks_
     guard = ordering.StarvationGuard(threshold_steps=0, quantum_steps=1, max_overtakes=2)
     log = AdmissionLog()
     long, mid = Item("long", -5.0, arrival_step=0), Item("mid", 0.0, arrival_step=1)
-    long.arrival_time, mid.arrival_time = 0.0, 1.0
     queue = LTRRequestQueue([long, mid])
-    assert queue.rank(1, guard, log) and names(list(queue)) == ["mid", "long"]
+    rank = ranker(queue, guard, log)
+    assert rank(1) and names(queue) == ["mid", "long"]
     log.record(2)  # one later arrival admitted: long 1 overtake, mid 1
-    assert not queue.rank(2, guard, log), "no one can have reached 2 overtakes yet"
+    assert not rank(2), "no one can have reached 2 overtakes yet"
     log.record(3)
-    assert queue.rank(3, guard, log) and names(list(queue)) == ["long", "mid"], "both due: oldest first"
+    assert rank(3) and names(queue) == ["long", "mid"], "both due: oldest first"
     assert long.ltr_state.protected and long.ltr_state.promoted_steps_left == 1
     # A preempted request's count restarts from its overtake_base.
     fresh = Item("fresh", -5.0, arrival_step=0)
     fresh.ltr_state.overtake_base = 2
-    assert rank([fresh, Item("best", 9.0, arrival_step=4)], 4, guard, log).items is not None and not fresh.ltr_state.protected
+    RankedTable().reorder([[fresh]], [False], 4, guard, 1, log)
+    assert not fresh.ltr_state.protected, "2 admissions of later arrivals, but both before it was preempted"
 
 
 # --------------------------------------------------------------------------
@@ -403,6 +419,92 @@ def test_the_overtake_guard_starts_a_long_request_after_k_later_arrivals_have_st
     overtook = sorted(r for r, s in started.items() if r != "long" and arrived[r] > 0 and s < started["long"])
     assert k <= len(overtook) <= k + MAX_NUM_SEQS - 1, (overtook, started)
     assert set(done) == {"long"} | {f"short-{i}" for i in range(shorts[0])}
+
+
+def test_the_hook_on_vllm_decides_every_step_as_next_batch_does_for_the_same_candidates(llm: LLM, start_sidecar):
+    """The one policy: the hook's admissions and rank preemptions, step by step, are NextBatch's for the same table.
+
+    The test keeps NextBatch's view of the engine itself: every live request
+    with its score (as the hook got it from the sidecar), whether it runs, its
+    arrival step and the counters NextBatch returned last step. Arrivals come
+    in bursts and a stream, with rank preemption, both guard triggers and
+    explicit priorities, so that promotions, protection and same-step
+    arrivals all occur.
+    """
+    guard = pb.StarvationGuard(threshold_steps=4, quantum_steps=2, max_overtakes=3)
+    sidecar = start_sidecar()
+    scheduler = install(
+        llm, LTRScheduler, target=sidecar.target, preempt=True,
+        starvation_threshold=guard.threshold_steps, starvation_quantum=guard.quantum_steps, starvation_overtakes=guard.max_overtakes,
+    )  # fmt: skip
+    # Engine steps done -> arrivals (id, prompt, tokens to generate, priority).
+    arrivals = {
+        0: [("e0", ESSAY[0], 10, 0), ("e1", ESSAY[1], 10, 0), ("b0", BRIEF[0], 3, 0)],
+        2: [("b1", BRIEF[1], 3, 0)],
+        3: [("b2", BRIEF[2], 3, 0), ("e2", ESSAY[2], 8, 0), ("b3", BRIEF[3], 2, 0)],
+        5: [("b4", BRIEF[0], 3, 0)],
+        6: [("u0", ESSAY[3], 4, -1)],
+        8: [("b5", BRIEF[1], 2, 0), ("b6", BRIEF[2], 2, 0)],
+        11: [("b7", BRIEF[3], 3, 0)],
+    }
+    live: dict[str, dict[str, Any]] = {}  # NextBatch's view, in arrival order
+    ran: list[set[str]] = []
+    preempted_for_rank: list[str] = []
+    schedule, preempt = scheduler.schedule, scheduler._preempt_request
+
+    def record_schedule(*args: Any, **kwargs: Any) -> Any:
+        output = schedule(*args, **kwargs)
+        ran.append({r.rsplit("-", 1)[0] for r in output.num_scheduled_tokens})
+        return output
+
+    def record_preemption(request: Any, *args: Any, **kwargs: Any) -> None:
+        preempted_for_rank.append(request.request_id.rsplit("-", 1)[0])
+        preempt(request, *args, **kwargs)
+
+    scheduler.schedule, scheduler._preempt_request = record_schedule, record_preemption
+    stub = sidecar.stub()
+    steps_done, preemptions, promotions = 0, 0, 0
+    while live or steps_done <= max(arrivals):
+        assert steps_done < 300, "the engine did not finish"
+        for rid, prompt, tokens, priority in arrivals.get(steps_done, []):
+            llm.llm_engine.add_request(rid, prompt, params(tokens), priority=priority)
+            live[rid] = {"left": tokens, "priority": priority, "arrival": steps_done, "running": False, "counters": (0, 0, False, 0)}
+        assert live and scheduler.scorer.wait_idle(30)
+        scheduler._apply_scores()  # what the step does first; here so that the test can read them
+        scores = {r.request_id.rsplit("-", 1)[0]: getattr(r, STATE_ATTR).score for r in scheduler.requests.values()}
+        ids = list(live)
+        idle, promoted, protected, overtakes = (list(c) for c in zip(*(live[i]["counters"] for i in ids), strict=True))
+        resp = stub.NextBatch(
+            pb.NextBatchRequest(
+                columns=pb.CandidateColumns(
+                    request_ids=ids, scores=[scores[i] for i in ids], running=[live[i]["running"] for i in ids],
+                    priorities=[live[i]["priority"] for i in ids], idle_steps=idle, promoted_steps_left=promoted,
+                    protected=protected, overtakes=overtakes, arrival_steps=[live[i]["arrival"] for i in ids],
+                ),
+                budget=pb.Budget(max_num_seqs=MAX_NUM_SEQS, max_num_batched_tokens=4096),
+                guard=guard,
+            ),
+            timeout=10,
+        )  # fmt: skip
+        assert not any(math.isnan(s) for s in resp.scores), "every score arrived before the step"
+        expected_run = {ids[i] for i in resp.order[: resp.num_scheduled]}
+        expected_preempted = [ids[i] for i in resp.preempted]
+        del preempted_for_rank[:]
+        llm.llm_engine.step()
+        steps_done += 1
+        hook, next_batch = (sorted(ran[-1]), sorted(preempted_for_rank)), (sorted(expected_run), sorted(expected_preempted))
+        assert hook == next_batch, f"step {steps_done}: (ran, preempted for rank) by the hook != by NextBatch"
+        preemptions += len(expected_preempted)
+        promotions += sum(1 for k, i in enumerate(ids) if resp.promoted_steps_left[k] > live[i]["counters"][1])
+        for k, i in enumerate(ids):
+            live[i]["counters"] = (resp.idle_steps[k], resp.promoted_steps_left[k], resp.protected[k], resp.overtakes[k])
+            live[i]["running"] = i in expected_run
+            if i in expected_run:
+                live[i]["left"] -= 1
+                if live[i]["left"] == 0:
+                    del live[i]
+    assert not llm.llm_engine.has_unfinished_requests()
+    assert preemptions >= 2 and promotions >= 2, (preemptions, promotions)
 
 
 def test_a_sidecar_stopped_before_the_run_gives_exactly_fcfs_and_one_warning(llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog):

@@ -4,15 +4,20 @@ admission log, cutting long prompts, and the configuration. They import without 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
 from ltr_client import ordering
 from ltr_client.vllm import LTRConfig
-from ltr_client.vllm.ranking import AdmissionLog, RankState, preemption_victims, rank
+from ltr_client.vllm.ranking import AdmissionLog, RankedTable, RankState
 from ltr_client.vllm.scorer import head_and_tail
+
+
+_CREATED = itertools.count()
 
 
 @dataclass
@@ -22,61 +27,95 @@ class Item:
     name: str
     score: float | None = None
     priority: int = 0
-    mark: int = 0
+    last_run_step: int = 0
     arrival_step: int = 0
+    # Like vLLM's: the ranking's tie-break within one arrival step. Creation order.
+    arrival_time: float = field(default_factory=lambda: next(_CREATED))
 
     def __post_init__(self) -> None:
         self.ltr_state = RankState(
-            score=float("nan") if self.score is None else self.score, mark=self.mark, arrival_step=self.arrival_step
+            score=float("nan") if self.score is None else self.score, last_run_step=self.last_run_step, arrival_step=self.arrival_step
         )
 
 
-def names(items: list[Item] | None) -> list[str] | None:
+def names(items: Iterable[Item] | None) -> list[str] | None:
     return None if items is None else [i.name for i in items]
 
 
+NO_GUARD = ordering.StarvationGuard(0, 0, 0)
+
+
 def test_unscored_requests_keep_their_fcfs_slots_and_scored_ones_sort_around_them():
-    items = [Item("a", 1.0), Item("b"), Item("c", 3.0), Item("d", 2.0), Item("e")]
-    assert names(rank(items, step=1, guard=ordering.StarvationGuard()).items) == ["c", "b", "d", "a", "e"]
-    assert rank([Item("a"), Item("b")], 1, ordering.StarvationGuard()).items is None, "no scores: FCFS as is"
+    queue = [Item("a", 1.0), Item("b"), Item("c", 3.0), Item("d", 2.0), Item("e")]
+    assert RankedTable().reorder([queue], [False], step=1, guard=ordering.StarvationGuard(), max_num_seqs=8)
+    assert names(queue) == ["c", "b", "d", "a", "e"]
+    unscored = [Item("a"), Item("b")]
+    assert not RankedTable().reorder([unscored], [False], 1, ordering.StarvationGuard(), 8), "no scores: FCFS as is"
 
 
 def test_priority_is_the_primary_key_and_the_guard_promotes_with_the_shared_policy():
     guard = ordering.StarvationGuard(threshold_steps=5, quantum_steps=2)
-    items = [Item("low", -9.0), Item("high", 9.0), Item("urgent-unscored", priority=-1), Item("late", 0.0, mark=10)]
-    # At step 7 "low" and "high" have idled 6 steps (promoted: oldest first), "late" none.
-    result = rank(items, step=7, guard=guard)
-    assert names(result.items) == ["urgent-unscored", "low", "high", "late"]
+    queue = [Item("low", -9.0), Item("high", 9.0), Item("urgent-unscored", priority=-1), Item("late", 0.0, last_run_step=6)]
+    items = list(queue)
+    table = RankedTable()
+    # At step 7 the first three have idled 6 steps (promoted: oldest first, after explicit priority), "late" none.
+    assert table.reorder([queue], [False], step=7, guard=guard, max_num_seqs=8)
+    assert names(queue) == ["urgent-unscored", "low", "high", "late"]
     assert items[0].ltr_state.promoted_steps_left == 2 and items[3].ltr_state.promoted_steps_left == 0
     assert items[0].ltr_state.protected and not items[3].ltr_state.protected
-    # Until "late" idles 5 steps (step 16), ranking again cannot change the order.
-    assert result.next_promotion_step == 16
-    assert rank(result.items, step=8, guard=guard).items is None
+    # Until "late" idles 5 steps (step 12), ranking again cannot change the order.
+    assert table.next_step == 12 and not table.needs_rank(11, 0) and table.needs_rank(12, 0)
+    assert not table.reorder([queue], [False], 8, guard, 8)
 
 
 def test_promoted_requests_run_oldest_first_even_after_the_queue_was_reranked():
     guard = ordering.StarvationGuard(threshold_steps=5, quantum_steps=2)
-    old, older, fresh = Item("old", 9.0), Item("older", 1.0), Item("fresh", 5.0, mark=10)
+    old, older, fresh = Item("old", 9.0), Item("older", 1.0), Item("fresh", 5.0, last_run_step=6)
     old.arrival_time, older.arrival_time, fresh.arrival_time = 2.0, 1.0, 3.0
     # The queue as the last ranking left it: best score first, not arrival order.
-    result = rank([old, fresh, older], step=7, guard=guard)
-    assert names(result.items) == ["older", "old", "fresh"], "both idled past the threshold: oldest arrival first"
+    queue = [old, fresh, older]
+    RankedTable().reorder([queue], [False], step=7, guard=guard, max_num_seqs=8)
+    assert names(queue) == ["older", "old", "fresh"], "both idled past the threshold: oldest arrival first"
+
+
+def victims(running: list[Item], waiting: list[Item], max_num_seqs: int) -> list[str]:
+    """The running requests the shared decision preempts when running and waiting ones are ranked as one table."""
+    table = RankedTable()
+    table.reorder([running, waiting], [True, False], step=1, guard=NO_GUARD, max_num_seqs=max_num_seqs)
+    assert table.last is not None
+    return [table.last.rows[i].name for i in table.last.decision.preempted.tolist()]
 
 
 def test_better_ranked_waiting_requests_displace_the_worst_running_ones_beyond_the_free_slots():
-    running = [Item("good", 5.0), Item("unscored"), Item("bad", -3.0), Item("worse", -4.0)]
-    waiting = [Item("best", 9.0), Item("mid", 0.0), Item("meh", -3.5), Item("new")]
-    # No free slot: "best" displaces "worse", "mid" displaces "bad"; "meh" ranks below "good".
-    assert names(preemption_victims(running, waiting, free_slots=0)) == ["worse", "bad"]
-    # One free slot goes to "best" without preempting anyone.
-    assert names(preemption_victims(running, waiting, free_slots=1)) == ["worse"]
-    assert preemption_victims(running, [Item("x"), Item("y")], free_slots=0) == [], "unscored requests never preempt"
+    def running() -> list[Item]:
+        return [Item("good", 5.0), Item("unscored"), Item("bad", -3.0), Item("worse", -4.0)]
+
+    def waiting() -> list[Item]:
+        return [Item("best", 9.0), Item("mid", 0.0), Item("meh", -3.5), Item("new")]
+
+    # No free slot: "best" and "mid" take the slots of "bad" and "worse"; "meh" ranks below "good".
+    assert victims(running(), waiting(), max_num_seqs=4) == ["bad", "worse"]
+    # One free slot goes to "best" without preempting anyone for it.
+    assert victims(running(), waiting(), max_num_seqs=5) == ["worse"]
+    assert victims([Item("a", 1.0), Item("b", 2.0)], [Item("x"), Item("y")], 2) == [], "unscored requests keep their FCFS slots"
     promoted = Item("promoted", -9.0)
     promoted.ltr_state.promoted_steps_left = 3
-    assert preemption_victims([promoted], [Item("best", 9.0)], free_slots=0) == [], "the starvation band outranks any score"
+    assert victims([promoted], [Item("best", 9.0)], 1) == [], "the starvation band outranks any score"
     promoted.ltr_state.promoted_steps_left, promoted.ltr_state.protected = 0, True
-    assert preemption_victims([promoted], [Item("best", 9.0)], free_slots=0) == [], "once promoted, it keeps its slot"
-    assert names(preemption_victims([Item("low", 9.0, priority=1)], [Item("urgent", -9.0, priority=-1)], 0)) == ["low"]
+    assert victims([promoted], [Item("best", 9.0)], 1) == [], "once promoted, it keeps its slot"
+    assert victims([Item("low", 9.0, priority=1)], [Item("urgent", -9.0, priority=-1)], 1) == ["low"]
+
+
+def test_a_removal_calls_for_ranking_again_only_when_an_unscored_request_waits_ahead_of_a_scored_one():
+    table = RankedTable()
+    table.reorder([[Item("a", 1.0), Item("b", 2.0), Item("new")]], [False], 1, NO_GUARD, 8)
+    assert not table.fragile, "the unscored request is the latest arrival: removing the head keeps the order"
+    late = [Item("a", 1.0), Item("unscored"), Item("b", 9.0), Item("c", 5.0)]
+    table.reorder([late], [False], 1, NO_GUARD, 8)
+    assert table.fragile and names(late) == ["b", "unscored", "c", "a"]
+    late.pop(0)  # "b" is admitted: the slots shift, and a fresh ranking puts "c" ahead of "unscored"
+    table.reorder([late], [False], 2, NO_GUARD, 8)
+    assert names(late) == ["c", "unscored", "a"]
 
 
 def test_the_admission_log_counts_admissions_that_arrived_in_later_steps_and_survives_pruning():

@@ -7,8 +7,9 @@ Modules, one job each:
 - `config`: settings from env vars and `additional_config["ltr"]`;
 - `scorer`: the background thread that gets scores from the sidecar;
 - `tokenizer`: the engine's tokenizer, to turn prompt token ids back into text;
-- `ranking`: per-request rank state and the shared ordering policy applied to a list;
-- `request_queue`: the waiting queue (vLLM's FCFS queue, re-ranked each step);
+- `ranking`: the adapter to the shared policy (`ltr_client.ordering`): per-request
+  rank state, a candidate table from the engine's lists, the decision applied back;
+- `request_queue`: vLLM's FCFS queue, for `waiting` and `kv_holding_waiting`, re-ranked when it can have changed;
 - `scheduler`: the Scheduler / AsyncScheduler subclasses that tie them together.
 
 Supported: vLLM 0.32 (see clients/python/README.md). The scheduler classes are

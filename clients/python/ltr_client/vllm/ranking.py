@@ -1,26 +1,27 @@
-"""Per-request rank state, and ranking a list of requests with the shared policy.
+"""The hook's adapter to the shared policy: a candidate table from the engine's lists, and the decision back.
 
-No vLLM import: this works on any object with a `priority` attribute, so it is
-tested and benchmarked without an engine.
+No vLLM import: this works on any object with a `priority` attribute (and,
+like vLLM's requests, optionally an `arrival_time`), so it is tested and
+benchmarked without an engine.
 
-The order itself is `ltr_client.ordering.priority_order`, the function the
-sidecar's NextBatch runs, so the hook and the RPC cannot drift apart. One
-difference is deliberate: NextBatch sorts unscored candidates after scored
-ones, while here a request with no score yet keeps its first-come-first-served
-slot and only the scored requests are permuted among the other slots. Scores
-arrive asynchronously, so every request starts unscored; sorting it last would
-delay it behind every scored request, and a request whose score never comes
-(sidecar down) would wait longer than FCFS would make it. With no scores at
-all the list is left untouched, which is exactly FCFS.
+The decision is `ltr_client.ordering`'s, the very functions the sidecar's
+NextBatch runs: `priority_order` for the order and the guard's promotions,
+`take_batch` for the preemptions. This module only builds the table, writes
+the promotions back to each request's `RankState` and puts the lists in the
+decided order. Its one extra job is to keep the engine's step cheap: the
+guard's counters are kept lazily (a waiting request costs nothing per step:
+its idle count is the steps since it last ran, its overtake count a query on
+the `AdmissionLog`), and a table is ranked again only when its order can
+have changed (`RankedTable.needs_rank`).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,6 @@ from .. import ordering
 STATE_ATTR = "ltr_state"
 NEVER = math.inf
 
-T = TypeVar("T")
-
 
 @dataclass(slots=True)
 class RankState:
@@ -41,24 +40,21 @@ class RankState:
 
     # Higher = shorter predicted output; NaN until the sidecar's score arrives.
     score: float = math.nan
-    # The hook's step counter when the request last ran, or when it arrived.
-    # idle_steps is derived from it (step - 1 - mark), so a waiting request
-    # costs nothing per step: only the requests that ran get an update.
-    mark: int = 0
+    # The hook's step counter when the request last ran, or when it arrived:
+    # its idle count at step s is s - 1 - last_run_step (NextBatch's
+    # idle_steps, kept lazily), so only the requests that ran get an update.
+    last_run_step: int = 0
     # Executed steps left in the starvation guard's top band.
     promoted_steps_left: int = 0
-    # Set when the guard first promotes it: from then on it is never preempted
-    # for rank (KV pressure still can). Otherwise, with preemption on, a long
-    # request would run one quantum per promotion and wait out the threshold
-    # again in between, and the guard would bound nothing.
+    # Set when the guard first promotes it: from then on, while it runs, it is
+    # never preempted for rank (KV pressure still can). See ltr_client.ordering.
     protected: bool = False
-    # The scheduler's step counter when it arrived, and its overtake count
-    # when it last entered the queue (nonzero only after a preemption): see
-    # AdmissionLog.
+    # The scheduler's step counter when it arrived: the table's arrival_steps,
+    # so that a burst's requests do not overtake one another.
     arrival_step: int = 0
+    # Its overtake count when it last entered the queue (nonzero only after a
+    # preemption): see AdmissionLog.
     overtake_base: int = 0
-    # Set at its first admission, which is what AdmissionLog records.
-    admitted: bool = False
 
 
 _NO_STATE = RankState()
@@ -67,14 +63,13 @@ _NO_STATE = RankState()
 class AdmissionLog:
     """Arrival steps of the admitted requests: how many later arrivals overtook a waiting request.
 
-    Every admitted request that arrived in a later step than a waiting one
-    started first although it came later, so the overtake count is a rank
-    query, with no per-step work for the requests that wait. Requests that
-    arrive between the same two steps (a burst) do not overtake one another:
-    their first-come-first-served order is an accident of submission. Only
-    first admissions count. A preempted request's count restarts
+    NextBatch's overtake count (`ordering.admitted_later`), kept lazily: every
+    admission (waiting -> running, a preempted request's return included) of
+    a request that arrived in a later step than a waiting one overtakes it,
+    so the count is a rank query, with no per-step work for the requests
+    that wait. A preempted request's count restarts
     (`RankState.overtake_base`), so the admissions it saw while running are
-    not held against the others.
+    not held against it.
     """
 
     def __init__(self) -> None:
@@ -87,7 +82,7 @@ class AdmissionLog:
 
     def admitted_after(self, arrival_steps: np.ndarray) -> np.ndarray:
         """For each arrival step, how many admitted requests arrived in a later step."""
-        return len(self._steps) - np.searchsorted(np.asarray(self._steps, dtype=np.int64), arrival_steps, side="right")
+        return ordering.admitted_later(np.asarray(self._steps, dtype=np.int64), arrival_steps)
 
     def forget_before(self, arrival_step: int) -> None:
         """Drop entries before `arrival_step`: no live request arrived earlier."""
@@ -103,162 +98,159 @@ def state_of(item: Any) -> RankState:
 
 
 @dataclass(frozen=True)
-class Ranking(Generic[T]):
-    """The result of `rank`."""
+class Table:
+    """The rows one `rank_table` call ranked (in arrival order), and the policy's decision on them."""
 
-    # The new order, or None if the order does not change.
-    items: list[T] | None
-    # The first step at which the starvation guard could promote one of the
-    # items (their idle count reaches the threshold): until then, and unless
-    # scores, priorities or membership change, ranking again changes nothing.
-    next_promotion_step: float
-    # Likewise for the overtake trigger: the AdmissionLog.total at which one
-    # of them could first be due.
-    next_promotion_admissions: float = NEVER
+    rows: list[Any]
+    candidates: ordering.Candidates
+    decision: ordering.Decision
 
 
-def rank(
-    items: Sequence[T], step: int, guard: ordering.StarvationGuard, admissions: AdmissionLog | None = None
-) -> Ranking[T]:
-    """Rank `items` for scheduling step `step`.
+def rank_table(
+    lists: Sequence[MutableSequence[Any]],
+    running: Sequence[bool],
+    step: int,
+    guard: ordering.StarvationGuard,
+    max_num_seqs: int,
+    admissions: AdmissionLog | None = None,
+) -> tuple[Table, bool, float, float]:
+    """Rank the items of `lists` as one candidate table for step `step` and put each list in the decided order.
 
-    Items are first put back in first-come-first-served order: by their
-    `arrival_time` when they all have one (vLLM's requests do), else as given.
-    The queue holds the previous ranking, and the policy's arrival key must
-    mean arrival, or promoted requests would run in rank order instead of
-    oldest first. Then explicit priority (lower first, stable); then scored
-    items are ordered by `ordering.priority_order` (starvation band, score,
-    arrival) within the slots that scored items occupy; unscored items keep
-    their FCFS slots. Items newly promoted by the starvation guard get their
-    quantum written back to their RankState. `admissions` gives the overtake
-    counts of waiting items; without it (the running list) they count zero.
+    `running[k]` says whether list k holds running requests. The items are
+    the table's rows in first-come-first-served order: by arrival step, then
+    by `arrival_time` when they have one, then as listed. Budget: only
+    `max_num_seqs`; vLLM applies its token budget itself, to the lists in
+    this order. Newly promoted items get their quantum (and `protected`)
+    written back to their RankState. `admissions` gives the waiting items'
+    overtake counts; without it they count zero.
+
+    Returns the table, whether any list changed, and the step and the
+    `admissions.total` before which ranking again cannot promote anyone.
     """
-    # This runs on the engine's step path. The lists are short (the running
-    # batch, the waiting queue), so it is written to make few numpy calls:
-    # their fixed cost, not the per-item work, dominates at these sizes.
-    n = len(items)
-    if n == 0:
-        return Ranking(None, NEVER)
-    if not isinstance(items, list):
-        items = list(items)  # a deque indexes in O(n)
-    states = [getattr(it, STATE_ATTR, None) or _NO_STATE for it in items]
-    out: list[T] | None = None
-    has_priority = any(it.priority for it in items)  # type: ignore[attr-defined]
-    arrivals = [getattr(it, "arrival_time", None) for it in items]
-    fcfs_key = None if None in arrivals else arrivals
-    if has_priority or fcfs_key is not None:
-        # Explicit priority is the primary key for every request, scored or not.
-        priorities = [it.priority for it in items]  # type: ignore[attr-defined]
-        keys = list(zip(priorities, fcfs_key)) if fcfs_key is not None else priorities
-        permutation = sorted(range(n), key=keys.__getitem__)  # stable
-        if permutation != list(range(n)):
-            items = out = [items[i] for i in permutation]
-            states = [states[i] for i in permutation]
-    scores = np.fromiter([s.score for s in states], dtype=np.float64, count=n)
-    scored = ~np.isnan(scores)
-    num_scored = int(np.count_nonzero(scored))
-    if num_scored == 0:
-        return Ranking(out, NEVER)  # unscored items keep their slots: FCFS (within priority)
-
-    slots: list[int] | None = None
-    sub_items, sub_states = items, states
-    if num_scored < n:
-        slot_arr = np.flatnonzero(scored)
-        slots = slot_arr.tolist()
-        sub_items, sub_states = [items[i] for i in slots], [states[i] for i in slots]
-        scores = scores[slot_arr]
-    marks = np.fromiter([s.mark for s in sub_states], dtype=np.int64, count=num_scored)
-    promoted = np.fromiter([s.promoted_steps_left for s in sub_states], dtype=np.int64, count=num_scored)
-    priority = (
-        np.fromiter([it.priority for it in sub_items], dtype=np.int64, count=num_scored)  # type: ignore[attr-defined]
-        if has_priority
-        else np.zeros(num_scored, dtype=np.int64)
-    )
+    rows: list[Any] = []
+    is_running: list[bool] = []
+    for items, run in zip(lists, running, strict=True):
+        rows.extend(items)
+        is_running.extend([run] * len(items))
+    n = len(rows)
+    states = [getattr(r, STATE_ATTR, None) or _NO_STATE for r in rows]
+    # Each list keeps its own order; only the merge needs sorting.
+    keys = [(s.arrival_step, getattr(r, "arrival_time", 0.0) or 0.0, i) for i, (r, s) in enumerate(zip(rows, states))]
+    fcfs = sorted(range(n), key=keys.__getitem__)
+    if fcfs != list(range(n)):
+        rows, states, is_running = [rows[i] for i in fcfs], [states[i] for i in fcfs], [is_running[i] for i in fcfs]
+    running_mask = np.fromiter(is_running, dtype=bool, count=n)
+    arrivals = np.fromiter([s.arrival_step for s in states], dtype=np.int64, count=n)
+    promoted = np.fromiter([s.promoted_steps_left for s in states], dtype=np.int64, count=n)
     overtakes = None
-    if admissions is not None and guard.max_overtakes > 0:
-        arrived = np.fromiter([s.arrival_step for s in sub_states], dtype=np.int64, count=num_scored)
-        bases = np.fromiter([s.overtake_base for s in sub_states], dtype=np.int64, count=num_scored)
-        overtakes = admissions.admitted_after(arrived) - bases
-    candidates = ordering.Candidates(
-        scores=scores,
-        running=np.zeros(num_scored, dtype=bool),
-        num_tokens=np.ones(num_scored, dtype=np.int64),
-        priority=priority,
-        idle_steps=np.maximum(step - 1 - marks, 0),
+    if admissions is not None and guard.enabled and guard.max_overtakes > 0:
+        bases = np.fromiter([s.overtake_base for s in states], dtype=np.int64, count=n)
+        overtakes = np.where(running_mask, 0, admissions.admitted_after(arrivals) - bases)
+    table = ordering.Candidates(
+        scores=np.fromiter([s.score for s in states], dtype=np.float64, count=n),
+        running=running_mask,
+        num_tokens=np.ones(n, dtype=np.int64),
+        priority=np.fromiter([r.priority for r in rows], dtype=np.int64, count=n),
+        idle_steps=np.maximum(step - 1 - np.fromiter([s.last_run_step for s in states], dtype=np.int64, count=n), 0),
         promoted_steps_left=promoted,
+        protected=np.fromiter([s.protected for s in states], dtype=bool, count=n),
         overtakes=overtakes,
+        arrival_steps=arrivals,
     )
-    ranked = ordering.priority_order(candidates, guard)
-    order_arr, promoted_after = ranked.order, ranked.promoted_steps_left
-    next_promotion = next_promotion_admissions = NEVER
-    if guard.enabled:
-        for k in np.flatnonzero(promoted_after != promoted).tolist():
-            sub_states[k].promoted_steps_left = int(promoted_after[k])
-            if promoted_after[k] > 0:
-                sub_states[k].protected = True
-        unpromoted = promoted_after <= 0
-        if unpromoted.any() and guard.threshold_steps > 0:
-            # idle = step - 1 - mark reaches the threshold at step mark + threshold + 1.
-            next_promotion = float(marks[unpromoted].min()) + guard.threshold_steps + 1
-        if unpromoted.any() and overtakes is not None:
-            # Each admission adds at most one to any count.
-            assert admissions is not None
-            next_promotion_admissions = float(admissions.total + (guard.max_overtakes - overtakes[unpromoted]).min())
+    ranked = ordering.priority_order(table, guard)
+    for k in np.flatnonzero(ranked.promoted_steps_left != promoted).tolist():
+        if states[k] is not _NO_STATE:
+            states[k].promoted_steps_left = int(ranked.promoted_steps_left[k])
+            states[k].protected = True
+    decision = ordering.take_batch(table, ranked, max(1, max_num_seqs), max(1, n))
 
-    order = order_arr.tolist()
-    if order == list(range(num_scored)):
-        return Ranking(out, next_promotion, next_promotion_admissions)
-    if slots is None:
-        return Ranking([items[i] for i in order], next_promotion, next_promotion_admissions)
-    result = list(items)
-    for slot, src in zip(slots, order, strict=True):
-        result[slot] = items[slots[src]]
-    return Ranking(result, next_promotion, next_promotion_admissions)
+    # Put each list in the decided order.
+    position = {id(rows[i]): p for p, i in enumerate(ranked.order.tolist())}
+    changed = False
+    for items in lists:
+        ordered = sorted(items, key=lambda r: position[id(r)])
+        if any(a is not b for a, b in zip(ordered, items)):
+            if isinstance(items, list):
+                items[:] = ordered
+            else:  # a deque (vLLM's request queue): no slice assignment
+                items.clear()
+                items.extend(ordered)  # type: ignore[attr-defined]
+            changed = True
+
+    idle_room, overtake_room = guard.headroom(table.idle_steps, table.overtake_counts(), ranked.promoted_steps_left)
+    next_step = step + idle_room
+    next_admissions = (admissions.total + overtake_room) if admissions is not None and overtakes is not None else NEVER
+    return Table(rows, table, decision), changed, next_step, next_admissions
 
 
-def _rank_key(item: Any) -> tuple[int, int, float] | None:
-    """The policy's sort key (priority, starvation band, -score); None for an unscored item."""
-    state = state_of(item)
-    if math.isnan(state.score):
-        return None
-    return (item.priority, 0 if state.promoted_steps_left > 0 else 1, -state.score)
+def order_is_fragile(table: Table) -> bool:
+    """Whether removing or appending a row can reorder the others, so a membership change calls for ranking again.
 
-
-def _protected(item: Any) -> bool:
-    return state_of(item).protected
-
-
-def preemption_victims(running: Sequence[T], waiting: Sequence[T], free_slots: int) -> list[T]:
-    """Running items to preempt so that better-ranked waiting items run instead.
-
-    The paper's Algorithm 1 re-ranks running and waiting requests together
-    every step; vLLM alone never preempts for order. The best `free_slots`
-    scored waiting items take the free slots; each further one, best first,
-    displaces the worst-ranked scored running item while it ranks strictly
-    better (priority, starvation band, score: the same key as the ordering).
-    Unscored items neither preempt nor get preempted, so with no scores this
-    returns nothing and scheduling is FCFS. A preempted long request idles
-    until the starvation guard promotes it; once promoted it is `protected`
-    and keeps its slot to the end, so the guard's bound holds.
+    An unscored row keeps its first-come-first-served slot among the rows, so
+    when one waits ahead of a scored row, removing a row shifts the slots.
+    Explicit priorities make an appended row's place depend on the others.
+    Otherwise (the common case: the unscored rows are the latest arrivals)
+    a list stays ranked when its head is admitted or a row leaves, and a new
+    unscored arrival is already in its place at the back.
     """
-    challengers = sorted(k for k in (_rank_key(w) for w in waiting) if k is not None)[max(free_slots, 0) :]
-    defenders = sorted(
-        ((k, i) for i, r in enumerate(running) if (k := _rank_key(r)) is not None and not _protected(r)), reverse=True
-    )
-    victims: list[T] = []
-    for challenger, (defender, index) in zip(challengers, defenders):
-        if not challenger < defender:
+    rows = table.rows
+    if any(r.priority for r in rows):
+        return True
+    scored_after_unscored, seen_unscored = False, False
+    for r in rows:  # in arrival order
+        if math.isnan(state_of(r).score):
+            seen_unscored = True
+        elif seen_unscored:
+            scored_after_unscored = True
             break
-        victims.append(running[index])
-    return victims
+    return scored_after_unscored
+
+
+class RankedTable:
+    """When one table (a group of the engine's lists) must be ranked again.
+
+    The order can change when scores arrive, a request is prepended (a
+    preempted request returns at the front, wherever its rank puts it), a
+    request with an explicit priority or a score arrives, membership changes
+    while the order is fragile (`order_is_fragile`), or the starvation guard
+    can promote someone (`StarvationGuard.headroom`). Otherwise ranking again
+    would change nothing, and the engine's step skips it.
+    """
+
+    def __init__(self) -> None:
+        self.stale = True
+        self.fragile = True
+        self.next_step = NEVER
+        self.next_admissions = NEVER
+        self.last: Table | None = None
+
+    def needs_rank(self, step: int, admitted: int) -> bool:
+        return self.stale or step >= self.next_step or admitted >= self.next_admissions
+
+    def reorder(
+        self,
+        lists: Sequence[MutableSequence[Any]],
+        running: Sequence[bool],
+        step: int,
+        guard: ordering.StarvationGuard,
+        max_num_seqs: int,
+        admissions: AdmissionLog | None = None,
+    ) -> bool:
+        """Rank the lists (see `rank_table`); True if any changed."""
+        table, changed, self.next_step, self.next_admissions = rank_table(lists, running, step, guard, max_num_seqs, admissions)
+        self.last = table
+        self.stale = False
+        self.fragile = order_is_fragile(table)
+        return changed
 
 
 def record_run(state: RankState, step: int) -> bool:
     """The request ran in `step`: its idle count restarts and it spends one step of any promotion.
 
+    NextBatch's counter update for a scheduled candidate, kept lazily.
     Returns True if that ended its promotion (its band, and so the order, changes).
     """
-    state.mark = step
+    state.last_run_step = step
     if state.promoted_steps_left > 0:
         state.promoted_steps_left -= 1
         return state.promoted_steps_left == 0

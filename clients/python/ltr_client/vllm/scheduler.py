@@ -8,9 +8,11 @@ preemption) and changes only *order*, at three points:
    decoding on the engine thread);
 2. `schedule` applies the scores that have arrived (waiting for those in
    flight first, at most `score_wait_ms`, when it must choose which waiting
-   requests get free slots), re-ranks the waiting queue
-   (`LTRRequestQueue.rank`) and the running list with the shared policy, then
-   runs vLLM's own `schedule`. Sorting `running` best-first makes vLLM's FCFS
+   requests get free slots), puts every queue vLLM admits from (`waiting`
+   and `kv_holding_waiting`, which vLLM drains first) and the running list
+   in the shared policy's order (`ranking.RankedTable`: one candidate table,
+   `ltr_client.ordering`'s decision, the same as NextBatch's), then runs
+   vLLM's own `schedule`. Sorting `running` best-first makes vLLM's FCFS
    victim choice, `running.pop()`, preempt the lowest-ranked running request
    under KV-cache pressure, and gives the best-ranked requests the token
    budget first;
@@ -19,9 +21,11 @@ preemption) and changes only *order*, at three points:
    the guard's overtake trigger counts from.
 
 With `preempt` on (off by default), a full batch also gives way as in the
-paper's Algorithm 1: before vLLM schedules, the worst-ranked running requests
-are preempted (vLLM's own preemption: blocks freed, recomputed on resume) for
-better-ranked waiting ones (`ranking.preemption_victims`). This matters most
+paper's Algorithm 1: running and waiting requests are ranked as one table,
+and before vLLM schedules, the running requests outside the decision's
+`max_num_seqs` prefix are preempted (vLLM's own preemption: blocks freed,
+recomputed on resume) for the better-ranked waiting ones; a protected
+request (promoted by the guard) is never preempted for rank. This matters most
 right after a burst, when the first batch is admitted before any score has
 arrived: without it, long requests admitted unranked hold their slots to the
 end. `score_wait_ms` is the other remedy: the step waits (bounded) for the
@@ -33,7 +37,6 @@ recomputation cost more than it gained).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from typing import Any
@@ -76,9 +79,11 @@ class LTRScheduler(Scheduler):
         self._ltr_step = 0
         # Only the overtake trigger of the guard reads it; empty otherwise.
         self._admissions = ranking.AdmissionLog()
-        self._running_tail: Request | None = None
-        self._running_stale = True
-        self._running_next_promotion_step = ranking.NEVER
+        # The queues vLLM admits from, ranked as one table (with rank
+        # preemption, the running list too), and otherwise the running list alone.
+        self._queue_table = ranking.RankedTable()
+        self._running_table = ranking.RankedTable()
+        self._running_seen: tuple[int, Request | None] = (0, None)
         self._warned_no_state = False
         # Requests preempted for rank (not for KV memory), for tests and benchmarks.
         self.ltr_preemptions = 0
@@ -94,7 +99,8 @@ class LTRScheduler(Scheduler):
         # takes the FCFS branch (victim = running[-1]) and keeps `running`
         # sorted so that the last one is the lowest-ranked.
         self.policy = SchedulingPolicy.FCFS
-        self.waiting = LTRRequestQueue()
+        self.waiting = LTRRequestQueue(table=self._queue_table)
+        self.kv_holding_waiting = LTRRequestQueue(table=self._queue_table)
         self.scorer: BackgroundScorer | None = None
         if self.ltr_config.enabled:
             cfg = self.ltr_config
@@ -119,7 +125,7 @@ class LTRScheduler(Scheduler):
     def _attach_state(self, request: Request) -> bool:
         try:
             step = self._ltr_step
-            setattr(request, ranking.STATE_ATTR, ranking.RankState(mark=step, arrival_step=step))
+            setattr(request, ranking.STATE_ATTR, ranking.RankState(last_run_step=step, arrival_step=step))
             return True
         except AttributeError:
             # A vLLM whose Request takes no new attributes (__slots__): the
@@ -135,25 +141,52 @@ class LTRScheduler(Scheduler):
         if self.scorer is not None:
             self._wait_for_contested_scores()
             self._apply_scores()
-        self.waiting.rank(step, self._guard, self._admissions)
-        self._rank_running(step)
-        if self.ltr_config.preempt and self.running and self.waiting:
+        self._rank(step)
+        if self.ltr_config.preempt and self.running and (self.waiting or self.kv_holding_waiting):
             self._preempt_for_rank(step)
         output = super().schedule(throttle_prefills)
         requests = self.requests
-        count_overtakes = self._guard.max_overtakes > 0
         for request_id in output.num_scheduled_tokens:
             state = getattr(requests.get(request_id), ranking.STATE_ATTR, None)
-            if state is None:
-                continue
-            if ranking.record_run(state, step):
-                self._running_stale = True  # its promotion ended: it drops to its score's band
-            if count_overtakes and not state.admitted:
-                state.admitted = True
-                self._admissions.record(state.arrival_step)
-        if count_overtakes and len(self._admissions) > 1024 + 2 * len(requests):
-            self._prune_admissions()
+            if state is not None and ranking.record_run(state, step):
+                # Its promotion ended: it drops to its score's band.
+                self._queue_table.stale = self._running_table.stale = True
+        if self._guard.enabled and self._guard.max_overtakes > 0:
+            # Every admission (waiting -> running), a preempted request's return included, as NextBatch counts them.
+            admitted = [r.req_id for r in output.scheduled_new_reqs]
+            admitted.extend(output.scheduled_cached_reqs.resumed_req_ids)
+            for request_id in admitted:
+                state = getattr(requests.get(request_id), ranking.STATE_ATTR, None)
+                if state is not None:
+                    self._admissions.record(state.arrival_step)
+            if len(self._admissions) > 1024 + 2 * len(requests):
+                self._prune_admissions()
         return output
+
+    def _rank(self, step: int) -> None:
+        """Put the queues vLLM admits from, and the running list, in the policy's order, if it can have changed."""
+        running = self.running
+        preempt = self.ltr_config.preempt
+        # Admissions append to `running` and change its tail; finishing and
+        # preemption only remove, which keeps a ranked list ranked unless its
+        # order is fragile. With rank preemption any change counts: a freed
+        # slot changes who must give way.
+        seen = (len(running), running[-1] if running else None)
+        if seen[0] != self._running_seen[0] or seen[1] is not self._running_seen[1]:
+            table = self._queue_table if preempt else self._running_table
+            if preempt or seen[1] is not self._running_seen[1] or table.fragile:
+                table.stale = True
+            self._running_seen = seen
+        queues = [self.kv_holding_waiting, self.waiting]
+        admitted = self._admissions.total
+        if self._queue_table.needs_rank(step, admitted):
+            lists: list[Any] = [running, *queues] if preempt else queues
+            flags = [True, False, False] if preempt else [False, False]
+            self._queue_table.reorder(lists, flags, step, self._guard, self.max_num_running_reqs, self._admissions)
+        if not preempt and running and self._running_table.needs_rank(step, admitted):
+            self._running_table.reorder([running], [True], step, self._guard, self.max_num_running_reqs)
+        if running:
+            self._running_seen = (len(running), running[-1])
 
     def _prune_admissions(self) -> None:
         live = (getattr(r, ranking.STATE_ATTR, None) for r in self.requests.values())
@@ -168,41 +201,32 @@ class LTRScheduler(Scheduler):
         if state is not None and self._guard.max_overtakes > 0:
             state.overtake_base = int(self._admissions.admitted_after(np.array([state.arrival_step]))[0])
 
-    def _rank_running(self, step: int) -> None:
-        """Keep `running` best-first, re-ranking only when its order can have changed."""
-        running = self.running
-        if not running:
-            return
-        # Admissions append to `running` and change its tail; finishing and
-        # preemption only remove, which keeps a ranked list ranked.
-        if not self._running_stale and running[-1] is self._running_tail and step < self._running_next_promotion_step:
-            return
-        result = ranking.rank(running, step, self._guard)
-        if result.items is not None:
-            running[:] = result.items
-        self._running_tail = running[-1]
-        self._running_stale = False
-        self._running_next_promotion_step = result.next_promotion_step
-
     def _preempt_for_rank(self, step: int) -> None:
-        """Preempt the running requests that better-ranked waiting ones should replace this step."""
-        # Only the queue's head can win a slot this step, and only requests
-        # that vLLM could schedule now (not waiting for a grammar or remote KV).
-        head = [
-            r
-            for r in itertools.islice(self.waiting, self.max_num_running_reqs)
-            if r.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
-        ]
-        victims = ranking.preemption_victims(self.running, head, self.max_num_running_reqs - len(self.running))
+        """Preempt the running requests that the decision leaves outside the batch, for better-ranked waiting ones."""
+        table = self._queue_table.last
+        if table is None:
+            return
+        d, rows = table.decision, table.rows
+        # Only waiting requests vLLM can schedule now (not waiting for a
+        # grammar or remote KV) can use a freed slot: at most that many give way.
+        takers = sum(
+            1 for i in d.scheduled.tolist() if not table.candidates.running[i] and rows[i].status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+        )
+        room = takers - (self.max_num_running_reqs - len(self.running))
+        if room <= 0 or len(d.preempted) == 0:
+            return
         now = time.monotonic()
-        for victim in victims:
+        preempted = False
+        for i in d.preempted.tolist()[::-1][:room]:  # the worst-ranked first
+            victim = rows[i]
             if not self._request_blocks_can_be_freed(victim):
                 continue  # a KV connector may still write its blocks: leave it be
             self.running.remove(victim)
             self._preempt_request(victim, now, drop_stale_output=self.requires_kv_delivery)
             self.ltr_preemptions += 1
-        if victims:
-            self.waiting.rank(step, self._guard, self._admissions)  # the victims are back in the queue: put them in their places
+            preempted = True
+        if preempted:
+            self._rank(step)  # the victims are back in the queue: put them in their places
 
     def _wait_for_contested_scores(self) -> None:
         """Give scores in flight up to `score_wait_ms` to arrive, if this step must choose who gets the free slots."""
@@ -240,10 +264,9 @@ class LTRScheduler(Scheduler):
             if state is None:
                 continue
             state.score = score
+            self._queue_table.stale = True
             if request.status == RequestStatus.RUNNING:
-                self._running_stale = True
-            else:
-                self.waiting.invalidate()
+                self._running_table.stale = True
 
     def shutdown(self) -> None:
         super().shutdown()
