@@ -231,14 +231,19 @@ def next_batch(
     max_num_batched_tokens: int,
     guard: StarvationGuard = StarvationGuard(),
 ) -> Decision:
-    """Order the candidates and take the longest prefix that fits the budget.
+    """Order the candidates and take the longest prefix that fits the budget."""
+    return take_batch(c, priority_order(c, guard), max_num_seqs, max_num_batched_tokens)
+
+
+def take_batch(c: Candidates, ranked: GuardedOrder, max_num_seqs: int, max_num_batched_tokens: int) -> Decision:
+    """The decision for candidates in `ranked` order: the prefix that fits the budget, preemptions and counters.
 
     The prefix is strict: a candidate that does not fit ends the batch, so no
     lower-ranked request overtakes it.
     """
     if max_num_seqs <= 0 or max_num_batched_tokens <= 0:
         raise ValueError("the budget must be positive")
-    order, promoted_left, protected = priority_order(c, guard)
+    order, promoted_left, protected = ranked
     tokens = np.maximum(c.num_tokens[order], 1)
     fits = (np.arange(1, len(c) + 1) <= max_num_seqs) & (np.cumsum(tokens) <= max_num_batched_tokens)
     num_scheduled = int(np.argmin(fits)) if not fits.all() else len(c)
