@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +111,91 @@ def test_default_model_is_the_bundle_shipped_in_the_package():
 
     assert build_parser().parse_args(["serve"]).model == DEFAULT_BUNDLE
     assert Path(DEFAULT_BUNDLE).is_relative_to(Path(__import__("ltr_sidecar").__file__).parent)
+
+
+# --- start-up refusals -------------------------------------------------------------
+
+
+def refused(*args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run `serve` with args that must be refused: exit 2, one line on stderr, nothing on stdout, no traceback."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LTR_")} | (env or {})
+    run = subprocess.run([sys.executable, "-m", "ltr_sidecar", "serve", "--metrics-port", "-1", *args],
+                         capture_output=True, text=True, timeout=120, env=environ)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and not run.stdout
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    return lines
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--port", "99999"], "--port 99999"),
+        (["--port", "-5"], "--port -5"),
+        (["--port", "0", "--metrics-port", "99999"], "--metrics-port 99999"),
+        (["--log-level", "verbose"], "--log-level verbose"),
+        (["--log-format", "yaml"], "--log-format yaml"),
+        (["--max-items", "0"], "--max-items 0"),
+        (["--max-batch-size", "0"], "--max-batch-size 0"),
+        (["--max-queue", "0"], "--max-queue 0"),
+        (["--max-queue", "8", "--max-batch-size", "16"], "--max-queue 8"),
+        (["--max-prompt-bytes", "0"], "--max-prompt-bytes 0"),
+        (["--max-message-bytes", "4294967296"], "--max-message-bytes 4294967296"),
+        (["--cache-size", "-1"], "--cache-size -1"),
+        (["--starvation-quantum", "-1"], "--starvation-quantum -1"),
+        (["--grace", "nan"], "--grace nan"),
+        (["--max-delay-ms", "-1"], "--max-delay-ms -1"),
+        (["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"], "--tls-cert /no/such/cert.pem"),
+        (["--tls-cert", "/no/such/cert.pem"], "--tls-key"),
+        (["--port", "x"], "--port: invalid int value: 'x'"),
+        (["--host", "999.1.1.1", "--port", "0"], "999.1.1.1:0"),
+        (["--port", "0", "--max-length", "100000"], "--max-length: 100000"),
+    ],
+)
+def test_an_invalid_serve_setting_ends_start_up_with_one_line_naming_the_flag_and_value(args, named):
+    (line,) = refused(*args)
+    assert named in line
+
+
+def test_an_invalid_setting_from_the_environment_names_the_variable():
+    (line,) = refused(env={"LTR_PORT": "70000"})
+    assert "--port 70000" in line and "LTR_PORT" in line
+    (line,) = refused(env={"LTR_MAX_ITEMS": "many"})
+    assert "LTR_MAX_ITEMS='many'" in line
+
+
+def test_a_taken_port_ends_start_up_with_one_line_naming_the_address(tiny_bundle):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (line,) = refused("--model", str(tiny_bundle), "--port", str(port))
+        assert f"--host/--port 127.0.0.1:{port}: cannot listen there: Address already in use" in line
+        (line,) = refused("--model", str(tiny_bundle), "--port", "0", "--metrics-port", str(port))
+        assert f"--metrics-host/--metrics-port 127.0.0.1:{port}: cannot listen there" in line
+
+
+def test_the_cli_defaults_are_server_configs_defaults(monkeypatch):
+    from ltr_sidecar.cli import server_config
+    from ltr_sidecar.config import ServerConfig
+
+    for name in [k for k in os.environ if k.startswith("LTR_")]:
+        monkeypatch.delenv(name)
+    assert server_config(build_parser().parse_args(["serve"])) == ServerConfig()
+
+
+def test_every_serve_flag_in_help_is_in_the_readme_flag_table_and_no_other(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    in_help = set(re.findall(r"^  (--[a-z][a-z0-9-]*)", capsys.readouterr().out, re.MULTILINE))
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("## `ltr-sidecar serve` flags", 1)[1].split("\n## ", 1)[0]
+    in_table = {flag for row in table.splitlines() if row.startswith("| `--") for flag in re.findall(r"`(--[a-z0-9-]+)`", row.split("|")[1])}
+    assert in_help == in_table
+
+
+def test_health_and_the_proxy_read_the_sidecar_address_from_ltr_target(monkeypatch):
+    monkeypatch.setenv("LTR_TARGET", "ranker.example:7000")
+    assert build_parser().parse_args(["health"]).target == "ranker.example:7000"
+    assert build_parser().parse_args(["proxy"]).sidecar == "ranker.example:7000"

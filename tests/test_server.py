@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import math
+import threading
+import time
 import urllib.request
 
 import grpc
@@ -13,7 +16,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ltr_client.api import ranker_pb2 as pb
 from ltr_client.api import ranker_pb2_grpc as pbg
-from ltr_sidecar.config import Limits
+from ltr_sidecar.config import Limits, ServerConfig
+from ltr_sidecar.ranker import OnnxRanker
+from ltr_sidecar.server import SidecarServer
 
 
 def score(stub, *prompts: str, ids: list[str] | None = None, **kw) -> pb.ScoreResponse:
@@ -484,3 +489,86 @@ def test_tls_and_mtls_serve_trusted_clients_and_refuse_others(start_sidecar, tmp
     with grpc.secure_channel(mtls.target, creds) as ch:  # no client certificate
         err = rpc_error(pbg.RankerServiceStub(ch).Score, pb.ScoreRequest(items=[pb.ScoreItem(request_id="a", prompt="x")]))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# --- limits that no retry can meet, deadlines, warm-up -------------------------------
+
+
+def test_a_call_with_more_prompts_to_score_than_the_queue_holds_gets_invalid_argument_not_resource_exhausted(start_sidecar):
+    sidecar = start_sidecar(max_batch_size=2, max_queue=4)
+    stub = sidecar.stub()
+    err = rpc_error(stub.Score, pb.ScoreRequest(items=[pb.ScoreItem(request_id=f"r{i}", prompt=f"question {i}") for i in range(5)]))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items: 5 prompts to run exceed the queue's 4" in err.details() and "--max-queue" in err.details()
+    cands = [pb.Candidate(request_id=f"c{i}", prompt=f"task {i}") for i in range(5)]
+    err = rpc_error(stub.NextBatch, pb.NextBatchRequest(candidates=cands, budget=budget()))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("candidates: 5 prompts")
+    # What fits an empty queue is served; repeated and cached prompts take no place in it.
+    assert len(score(stub, *[f"question {i}" for i in range(4)]).scores) == 4
+    assert len(score(stub, *[f"question {i % 4}" for i in range(8)], ids=[f"s{i}" for i in range(8)]).scores) == 8
+
+
+class GatedRanker(OnnxRanker):
+    """The real ranker that runs only while `gate` is open, so a test can hold the model mid-call."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.gate = threading.Event()
+
+    def score_ids(self, token_ids):
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().score_ids(token_ids)
+
+
+@pytest.fixture
+def gated(tiny_bundle):
+    """A sidecar on its own loop whose start() is still in progress: (ranker, port, the start future, the loop)."""
+    from tools.sidecar_process import free_port
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = free_port()
+    ranker = GatedRanker(tiny_bundle)
+    config = ServerConfig(model=tiny_bundle, port=port, metrics_port=0)
+    started = asyncio.run_coroutine_threadsafe(SidecarServer.start(config, ranker), loop)
+    yield ranker, port, started, loop
+    ranker.gate.set()
+    asyncio.run_coroutine_threadsafe(started.result(30).stop(0.5), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+def test_health_is_not_serving_until_the_model_has_warmed_up(gated):
+    ranker, port, started, _ = gated
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    check = health_pb2.HealthCheckRequest(service="ltr.v1.RankerService")
+    status = health.Check(check, timeout=30, wait_for_ready=True).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING and not started.done(), "answering while the warm-up runs"
+    ranker.gate.set()
+    server = started.result(30)
+    assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    assert server.metrics.registry.get_sample_value("ltr_warmup_seconds") > 0
+
+
+def test_a_call_past_its_deadline_is_counted_as_deadline_exceeded_and_one_the_client_cancels_as_cancelled(gated):
+    ranker, port, started, _ = gated
+    ranker.gate.set()
+    server = started.result(30)
+    ranker.gate.clear()  # every call now waits in the model
+    stub = pbg.RankerServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    with pytest.raises(grpc.RpcError) as late:
+        stub.Score(pb.ScoreRequest(items=[pb.ScoreItem(request_id="late", prompt="brief late")]), timeout=0.3)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    abandoned = stub.Score.future(pb.ScoreRequest(items=[pb.ScoreItem(request_id="gone", prompt="brief gone")]), timeout=30)
+    time.sleep(0.3)
+    abandoned.cancel()
+
+    def count(code: str) -> float:
+        return server.metrics.registry.get_sample_value("ltr_requests_total", {"method": "Score", "code": code}) or 0.0
+
+    deadline = time.monotonic() + 10
+    while count("CANCELLED") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (count("DEADLINE_EXCEEDED"), count("CANCELLED")) == (1, 1)
+    ranker.gate.set()

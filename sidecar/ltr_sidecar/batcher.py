@@ -6,7 +6,8 @@ items until it has `max_batch_size` of them or the oldest has waited
 pile up, so under load batches fill without waiting: latency is added only
 when the server is idle enough to afford it.
 
-The queue is bounded (`Overloaded` when full). Items whose caller went away
+The queue is bounded: `Overloaded` when it is too full now, `NeverFits` when
+the items would not fit even in an empty queue. Items whose caller went away
 (cancelled) or whose deadline passed are dropped before inference, so a
 burst of abandoned calls cannot keep the model busy.
 """
@@ -32,6 +33,10 @@ class Overloaded(Exception):
     """The queue cannot take these items now; the caller should back off."""
 
 
+class NeverFits(ValueError):
+    """More items than the queue can ever hold: waiting cannot help, the caller must send fewer."""
+
+
 class DeadlineExpired(Exception):
     """The item's deadline passed before it reached the model."""
 
@@ -50,9 +55,10 @@ class MicroBatcher(Generic[T, R]):
     def __init__(
         self,
         run_batch: Callable[[list[T]], Sequence[R]],
-        max_batch_size: int = 32,
-        max_delay_s: float = 0.0,
-        max_queue: int = 1024,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
     ):
         if max_batch_size < 1 or max_queue < 1 or max_delay_s < 0:
@@ -94,9 +100,11 @@ class MicroBatcher(Generic[T, R]):
         self._executor.shutdown(wait=True)
 
     async def submit(self, items: Sequence[T], deadline: float | None = None) -> list[R]:
-        """Results for `items`, in order. Raises Overloaded, DeadlineExpired or the model's error."""
+        """Results for `items`, in order. Raises Overloaded, NeverFits, DeadlineExpired or the model's error."""
         if not items:
             return []
+        if len(items) > self.max_queue:
+            raise NeverFits(f"{len(items)} prompts to run exceed the queue's {self.max_queue}, the most it can ever hold")
         if len(self._queue) + len(items) > self.max_queue:
             raise Overloaded(f"queue holds {len(self._queue)} of {self.max_queue} items; {len(items)} more do not fit")
         loop = asyncio.get_running_loop()

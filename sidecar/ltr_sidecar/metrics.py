@@ -26,6 +26,7 @@ class Metrics:
         self.batch_size = Histogram("ltr_batch_size", "Rows per model call", buckets=_BATCH_BUCKETS, registry=r)
         self.inference = Histogram("ltr_inference_seconds", "Time per model call, tokenization included", buckets=_LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("ltr_rejected_items", "Items refused because the queue was full", registry=r)
+        self.warmup = Gauge("ltr_warmup_seconds", "Time the model took to warm up at start-up, before health reported SERVING", registry=r)
         self.model = Gauge("ltr_model_info", "The serving model (value is always 1)", ["model_version", "provider", "model_sha256"], registry=r)
 
     def watch(self, scorer: Scorer) -> None:

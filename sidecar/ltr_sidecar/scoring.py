@@ -38,12 +38,14 @@ class Scorer:
     def __init__(
         self,
         ranker: OnnxRanker,
-        cache_size: int = 16_384,
-        max_batch_size: int = 32,
-        max_delay_s: float = 0.0,
-        max_queue: int = 1024,
+        *,
+        cache_size: int,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
     ):
+        """The sizes have no defaults here: `config.ServerConfig` holds them."""
         self.ranker = ranker
         self.cache = ScoreCache(cache_size)
         self.batcher: MicroBatcher[ScoreInput, float] = MicroBatcher(
@@ -57,7 +59,7 @@ class Scorer:
         await self.batcher.stop()
 
     async def score(self, inputs: Sequence[ScoreInput], deadline: float | None = None) -> list[ScoreResult]:
-        """One result per input. Raises batcher.Overloaded or batcher.DeadlineExpired."""
+        """One result per input. Raises batcher.Overloaded, batcher.NeverFits or batcher.DeadlineExpired."""
         results: list[ScoreResult | None] = [None] * len(inputs)
         pending: dict[bytes, list[int]] = {}  # identical prompts in one call are scored once
         for i, item in enumerate(inputs):
@@ -79,6 +81,21 @@ class Scorer:
                     self.cache.put(inputs[i].request_id, key, score)
                     results[i] = ScoreResult(score, cached=False)
         return results  # type: ignore[return-value]
+
+    def warm_up(self) -> float:
+        """Run the model once on a lone prompt and once on a full batch, at the most tokens it reads; the seconds it took.
+
+        Some execution providers do work on a model's first run, or on the first
+        run of each input shape (CUDA picks its kernels, TensorRT builds an
+        engine); a server that reports SERVING before it has paid for that makes
+        its first callers pay instead. Call before `start`, from a worker thread.
+        """
+        started = time.perf_counter()
+        # One token repeated past max_length: every row is as long as the model reads.
+        prompt = "warm " * (self.ranker.max_length + 8)
+        for rows in (1, self.batcher.max_batch_size):
+            self._run_batch([ScoreInput(f"warm-up-{i}", prompt=prompt) for i in range(rows)])
+        return time.perf_counter() - started
 
     def cached_score(self, request_id: str) -> float | None:
         return self.cache.get_by_id(request_id)

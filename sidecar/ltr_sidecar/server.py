@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from dataclasses import dataclass, field
 
 import grpc
@@ -13,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ltr_client.api import ranker_pb2 as pb
 from .bundle import load_bundle
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .metrics import Metrics
 from .ranker import OnnxRanker
 from .request_decoding import lenient_deserializer
@@ -53,6 +54,35 @@ def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def _address(host: str, port: int) -> str:
+    """HOST:PORT as gRPC spells it, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _check_listenable(flags: str, host: str, port: int) -> None:
+    """Raise ConfigError naming host:port if no socket can listen there.
+
+    gRPC reports a failed bind only as "Failed to bind" after logging a line of
+    its own, so the address is tried first with a plain socket, bound as gRPC
+    binds it (SO_REUSEADDR, no SO_REUSEPORT), which gives the reason.
+    """
+    address = _address(host, port)
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(flags, address, f"cannot listen there: {e.strerror}") from e
+    reason = "no address to bind"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(sockaddr)
+                return
+            except OSError as e:
+                reason = e.strerror or str(e)
+    raise ConfigError(flags, address, f"cannot listen there: {reason}")
+
+
 @dataclass
 class SidecarServer:
     """A running sidecar. Build it with `start`, end it with `stop`."""
@@ -68,7 +98,14 @@ class SidecarServer:
 
     @classmethod
     async def start(cls, config: ServerConfig, ranker: OnnxRanker | None = None) -> SidecarServer:
-        """Load the model (unless given), bind, and start serving. Raises if the bundle is bad or the port taken."""
+        """Bind, load the model (unless given), warm it up, then report SERVING.
+
+        Raises ConfigError naming an address nobody can listen on, BundleError for a bad bundle.
+        """
+        # Refuse a bad address before spending seconds loading the model.
+        _check_listenable("--host/--port", config.host, config.port)
+        if config.metrics_port >= 0:
+            _check_listenable("--metrics-host/--metrics-port", config.metrics_host, config.metrics_port)
         ranker = ranker or OnnxRanker(load_bundle(config.model, config.trusted_key), config.providers or None, config.intra_op_threads, config.max_length)
         metrics = Metrics()
         scorer = Scorer(
@@ -92,20 +129,37 @@ class SidecarServer:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-
-        address = f"{config.host}:{config.port}"
-        if ":" in config.host and not config.host.startswith("["):
-            address = f"[{config.host}]:{config.port}"
-        creds = _credentials(config)
-        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"could not bind {address}")
-        metrics_port = metrics.serve_http(config.metrics_host, config.metrics_port) if config.metrics_port >= 0 else None
-
-        scorer.start()
-        await server.start()
+        # The health service starts out SERVING; it must not say so before the model is warm.
         for service in ("", SERVICE_NAME):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+        address = _address(config.host, config.port)
+        creds = _credentials(config)
+        try:
+            port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        except RuntimeError:  # gRPC's "Failed to bind" (the check above makes this a lost race)
+            port = 0
+        if port == 0:
+            raise ConfigError("--host/--port", address, "cannot listen there")
+        try:
+            metrics_port = metrics.serve_http(config.metrics_host, config.metrics_port) if config.metrics_port >= 0 else None
+        except OSError as e:
+            address = _address(config.metrics_host, config.metrics_port)
+            raise ConfigError("--metrics-host/--metrics-port", address, f"cannot listen there: {e.strerror or e}") from e
+        try:
+            # Health answers NOT_SERVING while the model warms up; calls that
+            # come early wait in the queue.
+            await server.start()
+            warmup_s = await asyncio.to_thread(scorer.warm_up)
+            metrics.warmup.set(warmup_s)
+            log.info("warmed up", extra={"seconds": round(warmup_s, 3), "batch_sizes": [1, config.max_batch_size], "tokens": ranker.max_length})
+            scorer.start()
+            for service in ("", SERVICE_NAME):
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await server.stop(0)
+            metrics.close()
+            raise
         log.info(
             "serving",
             extra={

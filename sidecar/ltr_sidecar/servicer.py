@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from ltr_client.api import ranker_pb2 as pb
-from .batcher import DeadlineExpired, Overloaded
+from .batcher import DeadlineExpired, NeverFits, Overloaded
 from .config import Limits
 from .metrics import Metrics
 from ltr_client.ordering import Candidates, StarvationGuard, next_batch
@@ -57,7 +57,10 @@ def _rpc(method: str) -> Callable[[Callable[..., Awaitable[Resp]]], Callable[...
                 code = e.code
                 await context.abort(e.code, str(e))
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+                # gRPC cancels the handler when the client goes away and when
+                # the call's deadline passes; only the deadline leaves no time.
+                remaining = context.time_remaining()
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
@@ -89,7 +92,7 @@ class RankerServicer:
     @_rpc("Score")
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         inputs = self._score_inputs(request)
-        results = await self._score(inputs, context)
+        results = await self._score(inputs, context, "items")
         self.metrics.items.labels("Score").inc(len(inputs))
         return pb.ScoreResponse(
             scores=[pb.ItemScore(request_id=i.request_id, score=r.score, cached=r.cached) for i, r in zip(inputs, results)],
@@ -111,7 +114,8 @@ class RankerServicer:
             guard = StarvationGuard(g.threshold_steps, g.quantum_steps, g.max_overtakes)
         candidates, to_score = self._candidates(request, budget.max_num_batched_tokens)
         if to_score:
-            results = await self._score([inp for _, inp in to_score], context)
+            field = "columns.prompts" if request.HasField("columns") else "candidates"
+            results = await self._score([inp for _, inp in to_score], context, field)
             for (i, _), r in zip(to_score, results):
                 candidates.scores[i] = r.score
         decision = next_batch(candidates, budget.max_num_seqs, budget.max_num_batched_tokens, guard)
@@ -142,9 +146,12 @@ class RankerServicer:
 
     # --- helpers --------------------------------------------------------------
 
-    async def _score(self, inputs: list[ScoreInput], context: grpc.aio.ServicerContext) -> list:
+    async def _score(self, inputs: list[ScoreInput], context: grpc.aio.ServicerContext, field: str) -> list:
+        """Scores for `inputs` (the prompts of request field `field`), or the RpcError that says why not."""
         try:
             return await self.scorer.score(inputs, deadline_from_timeout(context.time_remaining()))
+        except NeverFits as e:  # RESOURCE_EXHAUSTED would promise that a retry can succeed
+            raise invalid(f"{field}: {e} (the server's --max-queue); send fewer prompts to score per call") from e
         except Overloaded as e:
             self.metrics.rejected.inc(len(inputs))
             raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"ranker overloaded, retry later: {e}") from e
