@@ -402,7 +402,7 @@ def test_sidecar_pattern(overlay, rendered):
     check_pod(engine)
     vllm = container(engine, "vllm")
     assert vllm["args"][vllm["args"].index("--scheduler-cls") + 1] == SCHEDULER_CLS
-    assert env(vllm)["LTR_SIDECAR_TARGET"] == f"127.0.0.1:{RANKER_PORT}"
+    assert env(vllm)["LTR_TARGET"] == f"127.0.0.1:{RANKER_PORT}"
     assert {"LTR_DEADLINE_MS", "LTR_STARVATION_THRESHOLD", "LTR_STARVATION_QUANTUM", "LTR_STARVATION_OVERTAKES"} <= env(vllm).keys()
     # A native sidecar: starts (and passes its startup probe) before vLLM, stops after it.
     [sidecar] = engine["spec"]["template"]["spec"]["initContainers"]
@@ -441,7 +441,7 @@ def test_shared_ranker_pattern(overlay, rendered):
     assert [x["name"] for x in pod_containers(engine)] == ["vllm"], "no in-pod ranker in the shared pattern"
     vllm = container(engine, "vllm")
     assert vllm["args"][vllm["args"].index("--scheduler-cls") + 1] == SCHEDULER_CLS
-    assert env(vllm)["LTR_SIDECAR_TARGET"] == f"dns:///ltr-sidecar.{namespace}.svc.cluster.local:{grpc_port['port']}"
+    assert env(vllm)["LTR_TARGET"] == f"dns:///ltr-sidecar.{namespace}.svc.cluster.local:{grpc_port['port']}"
     assert engine["metadata"]["namespace"] == namespace
 
     pdb = find(docs, "PodDisruptionBudget", "ltr-sidecar")
@@ -536,4 +536,4 @@ def test_every_ltr_variable_given_to_vllm_is_a_valid_hook_setting(overlay, rende
     given = {k: v for k, v in env(vllm).items() if k.startswith("LTR_")}
     assert set(given) <= set(hook.ENV_VARS.values()), set(given) - set(hook.ENV_VARS.values())
     config = hook.LTRConfig.load(environ=given)
-    assert config.target == given["LTR_SIDECAR_TARGET"]
+    assert config.target == given["LTR_TARGET"]

@@ -1,6 +1,6 @@
 """The Node.js client (clients/node) against a real sidecar: the API is language-agnostic.
 
-Runs `node --test` in clients/node with LTR_SIDECAR_TARGET pointing at a sidecar
+Runs `node --test` in clients/node with LTR_TARGET pointing at a sidecar
 started by the `sidecar` fixture. Installs the package's locked dependencies
 with `npm ci` first when node_modules is missing (needs the npm registry once).
 """
@@ -42,7 +42,7 @@ def node_client() -> Path:
 
 
 def test_node_client_passes_its_tests_against_a_live_sidecar(node_client, sidecar):
-    env = {**os.environ, "LTR_SIDECAR_TARGET": sidecar.target, "NO_COLOR": "1"}
+    env = {**os.environ, "LTR_TARGET": sidecar.target, "NO_COLOR": "1"}
     proc = subprocess.run(
         [shutil.which("node") or "node", "--test", "--test-reporter=spec"],
         cwd=node_client,
@@ -54,4 +54,4 @@ def test_node_client_passes_its_tests_against_a_live_sidecar(node_client, sideca
     output = f"{proc.stdout}\n{proc.stderr}"
     assert proc.returncode == 0, f"node --test failed ({proc.returncode}):\n{output}"
     # The live-sidecar suite must have run, not been skipped.
-    assert "LTR_SIDECAR_TARGET is not set" not in output and "Score: brief prompts" in output, output
+    assert "LTR_TARGET is not set" not in output and "Score: brief prompts" in output, output

@@ -138,10 +138,13 @@ def test_long_prompts_keep_both_ends_for_the_ranker_and_short_ones_stay_whole():
 
 
 def test_config_comes_from_env_then_additional_config_and_rejects_typos():
-    env = {"LTR_SIDECAR_TARGET": "ranker:1", "LTR_DEADLINE_MS": "50", "LTR_STARVATION_THRESHOLD": "9"}
+    env = {"LTR_TARGET": "ranker:1", "LTR_DEADLINE_MS": "50", "LTR_STARVATION_THRESHOLD": "9"}
     cfg = LTRConfig.load({"ltr": {"starvation_threshold": 4, "enabled": "false"}}, environ=env)
     assert (cfg.target, cfg.deadline_ms, cfg.starvation_threshold, cfg.enabled) == ("ranker:1", 50.0, 4, False)
     assert LTRConfig.load(None, environ={}) == LTRConfig()
+    # The old name still works for a release; the new one wins when both are set.
+    assert LTRConfig.load(None, environ={"LTR_SIDECAR_TARGET": "old:1"}).target == "old:1"
+    assert LTRConfig.load(None, environ={"LTR_SIDECAR_TARGET": "old:1", "LTR_TARGET": "new:1"}).target == "new:1"
     with pytest.raises(ValueError, match="unknown"):
         LTRConfig.load({"ltr": {"treshold": 1}}, environ={})
     with pytest.raises(ValueError, match="LTR_DEADLINE_MS"):

@@ -1,4 +1,4 @@
-// Integration tests against a real sidecar at $LTR_SIDECAR_TARGET (tests/test_node_client.py starts
+// Integration tests against a real sidecar at $LTR_TARGET (tests/test_node_client.py starts
 // one with the tiny test bundle, in which "brief" prompts score high and "essay" prompts low).
 // Skipped when the variable is unset.
 import { after, before, describe, test } from 'node:test';
@@ -7,7 +7,7 @@ import net from 'node:net';
 
 import { CircuitBreaker, RankerClient, RankerError, status } from '../index.js';
 
-const TARGET = process.env.LTR_SIDECAR_TARGET;
+const TARGET = process.env.LTR_TARGET;
 const silent = { warn() {}, info() {} };
 
 /** A port nothing listens on. */
@@ -19,7 +19,7 @@ async function deadPort() {
   return port;
 }
 
-describe('against a live sidecar', { skip: TARGET ? false : 'LTR_SIDECAR_TARGET is not set' }, () => {
+describe('against a live sidecar', { skip: TARGET ? false : 'LTR_TARGET is not set' }, () => {
   /** @type {RankerClient} */
   let client;
   before(() => {
