@@ -507,7 +507,9 @@ def test_the_hook_on_vllm_decides_every_step_as_next_batch_does_for_the_same_can
     assert preemptions >= 2 and promotions >= 2, (preemptions, promotions)
 
 
-def test_a_sidecar_stopped_before_the_run_gives_exactly_fcfs_and_one_warning(llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog):
+def test_a_sidecar_stopped_before_the_run_gives_exactly_fcfs_a_warning_and_a_count_of_unscored_requests(
+    llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog
+):
     sidecar = start_sidecar()
     sidecar.stop()
     scheduler = install(llm, LTRScheduler, target=sidecar.target, breaker_failures=1, deadline_ms=100)
@@ -516,8 +518,13 @@ def test_a_sidecar_stopped_before_the_run_gives_exactly_fcfs_and_one_warning(llm
         done = drive(llm)  # no waiting for scores: steps must not wait either
         assert scheduler.scorer.wait_idle(30)
     assert done == fcfs, "same completion step and same tokens for every request"
+    # Two lines, however many requests: the sidecar is down, and these requests ran unranked.
     warnings = ltr_warnings(caplog)
-    assert len(warnings) == 1 and "unavailable" in warnings[0], warnings
+    assert len(warnings) == 2 and "unavailable" in warnings[0] and "without a score" in warnings[1], warnings
+    # Every request is accounted for: given up on, or admitted (FCFS) before its retry was due.
+    stats = scheduler.scorer.stats
+    assert scheduler.ltr_unscored == stats.unscored and stats.unscored + stats.skipped == len(MIXED), stats
+    assert stats.unscored >= len(MIXED) - 2 and stats.scored == 0, stats
 
 
 def test_a_sidecar_stopped_during_the_run_loses_nothing_and_changes_no_output(llm: LLM, fcfs: dict[str, Done], start_sidecar, caplog):
@@ -540,7 +547,10 @@ def test_a_sidecar_stopped_during_the_run_loses_nothing_and_changes_no_output(ll
         assert d.token_ids == fcfs[rid.removeprefix("late-")].token_ids, rid
     assert mean_step(done, "short") < mean_step(fcfs, "short"), "scores from before the outage still count"
     warnings = ltr_warnings(caplog)
-    assert len(warnings) == 1 and "unavailable" in warnings[0], warnings
+    assert len(warnings) == 2 and "unavailable" in warnings[0] and "without a score" in warnings[1], warnings
+    stats = scheduler.scorer.stats
+    assert stats.scored == len(MIXED) and scheduler.ltr_unscored == stats.unscored, stats
+    assert stats.unscored + stats.skipped == len(late) and stats.unscored >= 1, stats
 
 
 def test_kv_cache_pressure_preempts_the_lowest_ranked_running_request(llm: LLM, start_sidecar):

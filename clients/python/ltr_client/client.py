@@ -25,6 +25,8 @@ from .breaker import CircuitBreaker
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# The environment variable naming the sidecar's address, for every client: the vLLM hook, the proxy and `ltr-sidecar health`.
+TARGET_ENV = "LTR_TARGET"
 # Failures that say "the sidecar cannot help right now": they count toward
 # opening the breaker. Others (INVALID_ARGUMENT) are the caller's bug and only fall back.
 _UNHEALTHY = {
@@ -34,6 +36,14 @@ _UNHEALTHY = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
+
+
+BREAKER_OPEN = "breaker_open"
+
+
+def _code_name(error: grpc.RpcError) -> str:
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    return code.name if code is not None else "UNKNOWN"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,9 @@ class Scores:
     scores: dict[str, float]
     model_version: str | None
     fallback: bool
+    # Why it fell back: a gRPC status code's name, or "breaker_open" when no
+    # call was made; None on success. Callers that retry read it.
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,13 +229,15 @@ class RankerClient(_ClientBase):
         self.stub = pbg.RankerServiceStub(self.channel)
 
     def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None) -> Scores:
-        if not items or not self.breaker.allow():
+        if not items:
             return Scores({}, None, fallback=True)
+        if not self.breaker.allow():
+            return Scores({}, None, fallback=True, error=BREAKER_OPEN)
         try:
             resp = self.stub.Score(self._score_request(items), timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as e:
             self._failed("Score", e)
-            return Scores({}, None, fallback=True)
+            return Scores({}, None, fallback=True, error=_code_name(e))
         self._succeeded()
         return Scores({s.request_id: s.score for s in resp.scores}, resp.model_version, fallback=False)
 
@@ -286,13 +301,15 @@ class AsyncRankerClient(_ClientBase):
         self.stub = pbg.RankerServiceStub(self.channel)
 
     async def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None) -> Scores:
-        if not items or not self.breaker.allow():
+        if not items:
             return Scores({}, None, fallback=True)
+        if not self.breaker.allow():
+            return Scores({}, None, fallback=True, error=BREAKER_OPEN)
         try:
             resp = await self.stub.Score(self._score_request(items), timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as e:
             self._failed("Score", e)
-            return Scores({}, None, fallback=True)
+            return Scores({}, None, fallback=True, error=_code_name(e))
         self._succeeded()
         return Scores({s.request_id: s.score for s in resp.scores}, resp.model_version, fallback=False)
 

@@ -9,6 +9,7 @@ loud, and the engine refuses to start before it has served anything.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -16,13 +17,16 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .. import ordering
-from ..client import DEFAULT_TARGET
+from ..client import DEFAULT_TARGET, TARGET_ENV
+
+log = logging.getLogger(__name__)
 
 # Field name -> environment variable.
 ENV_VARS = {
-    "target": "LTR_SIDECAR_TARGET",
+    "target": TARGET_ENV,
     "deadline_ms": "LTR_DEADLINE_MS",
     "score_wait_ms": "LTR_SCORE_WAIT_MS",
+    "score_retries": "LTR_SCORE_RETRIES",
     "starvation_threshold": "LTR_STARVATION_THRESHOLD",
     "starvation_quantum": "LTR_STARVATION_QUANTUM",
     "starvation_overtakes": "LTR_STARVATION_OVERTAKES",
@@ -38,10 +42,14 @@ ENV_VARS = {
     "tls_client_key": "LTR_TLS_CLIENT_KEY",
 }
 ADDITIONAL_CONFIG_KEY = "ltr"
+# Old variable -> the one that replaced it: still read, with a warning, until the next release.
+DEPRECATED_ENV_VARS = {"LTR_SIDECAR_TARGET": TARGET_ENV}
 
 
 # A longer wait for scores would stall the engine rather than rank it.
 MAX_SCORE_WAIT_MS = 60_000.0
+# More retries would keep scoring requests long after the sidecar stopped helping.
+MAX_SCORE_RETRIES = 10
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,13 @@ class LTRConfig:
     target: str = DEFAULT_TARGET
     # Deadline of one Score call. It bounds how stale a score can be, never a
     # scheduling step: steps wait for scores only as score_wait_ms allows.
+    # The hook sizes its calls to it from the latency it measures (a busy CPU
+    # sidecar gets calls of a few prompts, each answered in time), so a burst
+    # is scored in several calls rather than lost in one that times out.
     deadline_ms: float = 200.0
+    # A Score call that fails or times out is tried again, with backoff, at
+    # most this many times, for the requests that still wait (0: never).
+    score_retries: int = 3
     # How long a step may wait for scores still in flight when it has to
     # choose: free slots, more waiting requests than free slots, and prompts
     # submitted since the last such wait. Without it, a burst's first batch
@@ -110,6 +124,8 @@ class LTRConfig:
             raise ValueError(f"ltr: score_wait_ms must be between 0 and {MAX_SCORE_WAIT_MS:g} (a wait holds up every running request)")
         if min(self.starvation_threshold, self.starvation_quantum, self.starvation_overtakes) < 0:
             raise ValueError("ltr: starvation_threshold, starvation_quantum and starvation_overtakes must be >= 0")
+        if not 0 <= self.score_retries <= MAX_SCORE_RETRIES:
+            raise ValueError(f"ltr: score_retries must be between 0 and {MAX_SCORE_RETRIES}")
         if self.max_batch < 1 or self.max_prompt_tokens < 1 or self.breaker_failures < 1:
             raise ValueError("ltr: max_batch, max_prompt_tokens and breaker_failures must be >= 1")
         if bool(self.tls_client_cert) != bool(self.tls_client_key):
@@ -127,9 +143,15 @@ class LTRConfig:
         environ = os.environ if environ is None else environ
         types = {f.name: f.type for f in fields(cls)}
         values: dict[str, Any] = {}
+        for old, new in DEPRECATED_ENV_VARS.items():
+            if old in environ:
+                log.warning("ltr: %s is deprecated and will be removed in the next release; set %s instead%s", old, new,
+                            f" (ignoring {old}: {new} is set)" if new in environ else "")
         for name, var in ENV_VARS.items():
-            if var in environ:
-                values[name] = _parse(name, types[name], environ[var], source=var)
+            old = next((o for o, n in DEPRECATED_ENV_VARS.items() if n == var and o in environ), None)
+            if var in environ or old is not None:
+                source = var if var in environ else str(old)
+                values[name] = _parse(name, types[name], environ[source], source=source)
         plugin = _plugin_section(additional_config)
         unknown = set(plugin) - set(types)
         if unknown:

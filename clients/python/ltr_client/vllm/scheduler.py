@@ -38,6 +38,7 @@ recomputation cost more than it gained).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -55,6 +56,31 @@ from .scorer import BackgroundScorer, make_client
 from .tokenizer import detokenizer_factory
 
 log = logging.getLogger(__name__)
+
+UNSCORED_WARNING_INTERVAL_S = 60.0
+VLLM_LOG_HANDLER = "vllm"  # the handler's key in vLLM's DEFAULT_LOGGING_CONFIG
+
+
+def _log_through_vllm() -> None:
+    """Send the `ltr_client` loggers' records to vLLM's log handler.
+
+    vLLM gives only its own `vllm` logger a handler (and stops its records at
+    it). Records of other libraries' loggers reach the root logger, which in
+    an engine has no handler, so Python prints them bare, without a time or a
+    level, or a host's logging setup drops them. The hook's warnings (a
+    sidecar down, requests left unscored) belong in the engine's log, in its
+    format, beside the engine's own. Records still propagate: the root logger
+    prints nothing more unless the host gave it a handler of its own.
+    """
+    ours, theirs = logging.getLogger("ltr_client"), logging.getLogger("vllm")
+    # Only the handler vLLM's logging config made (dictConfig names it after
+    # its key), not ones a host or a test runner attached to vLLM's logger.
+    handlers = [h for h in theirs.handlers if h.get_name() == VLLM_LOG_HANDLER]
+    for handler in handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    if handlers and ours.level == logging.NOTSET:
+        ours.setLevel(theirs.getEffectiveLevel())
 
 
 def _async_scheduling(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -101,7 +127,13 @@ class LTRScheduler(Scheduler):
         self.policy = SchedulingPolicy.FCFS
         self.waiting = LTRRequestQueue(table=self._queue_table)
         self.kv_holding_waiting = LTRRequestQueue(table=self._queue_table)
+        # Requests the scorer gave up on (they run first come first served),
+        # and when the last warning about them was logged.
+        self.ltr_unscored = 0
+        self._unscored_unreported = 0
+        self._unscored_warned_at = -math.inf
         self.scorer: BackgroundScorer | None = None
+        _log_through_vllm()
         if self.ltr_config.enabled:
             cfg = self.ltr_config
             self.scorer = BackgroundScorer(
@@ -110,6 +142,9 @@ class LTRScheduler(Scheduler):
                 max_batch=cfg.max_batch,
                 max_prompt_tokens=cfg.max_prompt_tokens,
                 deadline_s=cfg.deadline_ms / 1000,
+                retries=cfg.score_retries,
+                still_waiting=self._still_waiting,
+                on_unscored=self._report_unscored,
             )
         log.info("ltr: scheduler hook %s (%s)", "on" if self.scorer else "off", self.ltr_config)
 
@@ -255,6 +290,36 @@ class LTRScheduler(Scheduler):
                     scorer.in_flight,
                     self.ltr_score_wait_timeouts,
                 )
+
+    def _still_waiting(self, request_id: str) -> bool:
+        # Called on the scorer thread: a dict lookup and an attribute read,
+        # both atomic. A score for a request already running or finished
+        # would only cost the sidecar time the waiting ones need.
+        # With rank preemption on, a running request's score decides whether it keeps its slot.
+        request = self.requests.get(request_id)
+        if request is None or request.is_finished():
+            return False
+        return self.ltr_config.preempt or request.status != RequestStatus.RUNNING
+
+    def _report_unscored(self, count: int, reason: str) -> None:
+        """The scorer gave up on `count` requests (0: it gave up on scoring altogether). Scorer thread."""
+        self.ltr_unscored += count
+        self._unscored_unreported += count
+        now = time.monotonic()
+        # The first, then at most one a minute: a dead sidecar must show, not flood the log.
+        if count and now - self._unscored_warned_at < UNSCORED_WARNING_INTERVAL_S:
+            return
+        self._unscored_warned_at = now
+        if count == 0:
+            log.warning("ltr: %s; scheduling stays first come first served", reason)
+        else:
+            log.warning(
+                "ltr: requests without a score, scheduled first come first served: %d (%s); %d in all so far",
+                self._unscored_unreported,
+                reason,
+                self.ltr_unscored,
+            )
+        self._unscored_unreported = 0
 
     def _apply_scores(self) -> None:
         assert self.scorer is not None

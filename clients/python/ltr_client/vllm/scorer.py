@@ -4,32 +4,54 @@ The engine thread only enqueues (request id, prompt token ids) and, once per
 step, takes whatever scores have arrived; both are O(1) per item and never
 touch the network. One daemon thread does the slow parts: it loads the
 engine's tokenizer (the engine holds token ids of the *LLM's* tokenizer, while
-the ranker reads text), decodes prompts, and calls `RankerClient.score` with a
-deadline, batching whatever queued up while the previous call was in flight.
+the ranker reads text), decodes prompts, and calls `RankerClient.score`.
 
-Failures cost nothing: the client returns no scores (and its circuit breaker
-logs the single "unavailable" warning), so those requests stay unscored and
-keep their FCFS slots.
+Scores must arrive even when the sidecar shares a busy node with the engine,
+where a burst's one big call can outlast the deadline and lose every score in
+it. So the thread:
+
+- sizes each call to the deadline from the latency it measures
+  (`CallSizer`): a sidecar that needs 20 ms a prompt gets calls of a few
+  prompts, each answered within the deadline, rather than one call that is
+  cancelled whole;
+- retries a call that failed or timed out, with backoff and at most
+  `retries` times, and only for the requests that still wait: a request
+  admitted meanwhile no longer needs its score (`still_waiting`);
+- gives up on a request only when it is out of retries or the circuit breaker
+  is open, and counts it (`ScoreStats.unscored`): such a request keeps its
+  FCFS slot, and the scheduler logs it at WARNING.
+
+Nothing here can fail the engine: a bug in a batch is logged and those
+requests stay unscored.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from ..breaker import CircuitBreaker
-from ..client import RankerClient, ScoreItem
+from ..client import BREAKER_OPEN, RankerClient, ScoreItem
 from .config import LTRConfig
 
 log = logging.getLogger(__name__)
 
 Detokenizer = Callable[[Sequence[int]], str]
+
+# Failures worth another try: the sidecar was slow, busy or briefly away.
+# Anything else (INVALID_ARGUMENT) would fail the same way again.
+RETRYABLE = frozenset({"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "CANCELLED", "INTERNAL", "UNKNOWN"})
+BACKOFF_S = 0.05  # first retry delay; doubles per attempt, with jitter
+MAX_BACKOFF_S = 1.0
 
 
 def head_and_tail(token_ids: Sequence[int], max_tokens: int) -> Sequence[int]:
@@ -46,6 +68,65 @@ def head_and_tail(token_ids: Sequence[int], max_tokens: int) -> Sequence[int]:
     return [*token_ids[:head], *token_ids[len(token_ids) - (max_tokens - head) :]]
 
 
+class CallSizer:
+    """How many prompts one Score call may carry so that it ends within the deadline.
+
+    It keeps a running estimate of the sidecar's seconds per prompt (fixed
+    costs included, which errs toward smaller calls) and sizes calls to fill
+    `fill` of the deadline, leaving the rest for the machine's noise. A
+    timeout doubles the estimate at once; successes pull it back smoothly.
+    The first call carries `first_call` prompts: a fresh hook knows nothing
+    of the sidecar yet, and a small call both answers quickly and measures it.
+    """
+
+    def __init__(self, deadline_s: float, max_batch: int, fill: float = 0.5, first_call: int = 4, smoothing: float = 0.3):
+        self.deadline_s = deadline_s
+        self.max_batch = max_batch
+        self.fill = fill
+        self.smoothing = smoothing
+        self.seconds_per_prompt: float | None = None
+        self._first_call = max(1, min(first_call, max_batch))
+
+    def size(self) -> int:
+        """Prompts for the next call, between 1 and max_batch."""
+        if self.seconds_per_prompt is None:
+            return self._first_call
+        fits = int(self.fill * self.deadline_s / max(self.seconds_per_prompt, 1e-6))
+        return max(1, min(self.max_batch, fits))
+
+    def observe(self, prompts: int, seconds: float) -> None:
+        """A call of `prompts` prompts answered in `seconds`."""
+        per = seconds / max(prompts, 1)
+        old = self.seconds_per_prompt
+        self.seconds_per_prompt = per if old is None else old + self.smoothing * (per - old)
+
+    def timed_out(self, prompts: int) -> None:
+        """A call of `prompts` prompts ran out of deadline: each took longer than deadline / prompts."""
+        floor = self.deadline_s / max(prompts, 1)
+        old = self.seconds_per_prompt or 0.0
+        self.seconds_per_prompt = max(2 * old, floor)
+
+
+@dataclass
+class ScoreStats:
+    """What the scorer did, for logs, tests and benchmarks. Counted on the scorer thread."""
+
+    calls: int = 0  # Score calls made
+    failed_calls: int = 0  # of those, failed or timed out
+    scored: int = 0  # requests that got a score
+    retried: int = 0  # request retries after a failed call
+    skipped: int = 0  # retries dropped: the request no longer waited by then
+    unscored: int = 0  # requests given up on: they keep their FCFS slot
+
+
+@dataclass(eq=False)  # identity: a job is one request's turn
+class _Job:
+    request_id: str
+    token_ids: Sequence[int]
+    attempts: int = 0
+    not_before: float = 0.0
+
+
 class BackgroundScorer:
     """Scores submitted prompts in batches on a daemon thread; results are polled with `drain()`."""
 
@@ -56,7 +137,12 @@ class BackgroundScorer:
         max_batch: int = 64,
         max_prompt_tokens: int = 2048,
         deadline_s: float = 0.2,
+        retries: int = 3,
+        still_waiting: Callable[[str], bool] | None = None,
+        on_unscored: Callable[[int, str], None] | None = None,
     ):
+        """`still_waiting(request_id)` says whether a score would still be used (called on the scorer thread);
+        `on_unscored(count, reason)` hears of requests given up on (also on the scorer thread)."""
         self.client = client
         self._detokenizer_factory = detokenizer_factory
         self._detokenize: Detokenizer | None = None
@@ -64,14 +150,21 @@ class BackgroundScorer:
         self.max_batch = max_batch
         self.max_prompt_tokens = max_prompt_tokens
         self.deadline_s = deadline_s
+        self.retries = retries
+        self.sizer = CallSizer(deadline_s, max_batch)
+        self.stats = ScoreStats()
+        self._still_waiting = still_waiting or (lambda _request_id: True)
+        self._on_unscored = on_unscored or (lambda _count, _reason: None)
         # SimpleQueue and deque append/popleft are thread-safe on their own.
         # The counters behind the condition exist for wait_idle(); the engine
         # thread only ever takes that lock uncontended, for a nanosecond-scale increment.
         self._pending: queue.SimpleQueue[tuple[str, Sequence[int]] | None] = queue.SimpleQueue()
+        self._backlog: deque[_Job] = deque()  # scorer thread only
         self._results: deque[tuple[str, float]] = deque()
         self._progress = threading.Condition()
         self._submitted = 0
         self._done = 0
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="ltr-scorer", daemon=True)
         self._thread.start()
 
@@ -96,7 +189,7 @@ class BackgroundScorer:
 
     @property
     def in_flight(self) -> int:
-        """Prompts submitted and not yet scored or given up on."""
+        """Prompts submitted and not yet scored, skipped or given up on (retries pending included)."""
         return self._submitted - self._done
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -111,59 +204,140 @@ class BackgroundScorer:
         self._thread.join(timeout_s)
         self.client.close()
 
+    # -- the scorer thread ------------------------------------------------
+
     def _run(self) -> None:
-        while True:
-            first = self._pending.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._pending.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+        while not self._stopping:
+            self._take_pending(block=not self._backlog)
+            if self._stopping:
+                break
+            batch = self._next_batch()
+            if not batch:
+                continue
             try:
                 self._score(batch)
             except Exception:  # a bug here must never take the engine down
                 log.exception("ltr: scoring a batch failed; those requests stay unscored (FCFS)")
-            finally:
-                with self._progress:
-                    self._done += len(batch)
-                    self._progress.notify_all()
-            if stop:
-                return
+                self._finish(batch)
+                self._give_up(len(batch), "internal error")
+        # Whatever is left stays unscored: the engine is shutting down.
+        self._finish(list(self._backlog))
 
-    def _score(self, batch: list[tuple[str, Sequence[int]]]) -> None:
+    def _take_pending(self, block: bool) -> None:
+        """Move submissions into the backlog; with `block`, wait for one (or, with retries due later, until the first is due)."""
+        timeout = None
+        if not block and self._backlog:
+            wait = min(job.not_before for job in self._backlog) - time.monotonic()
+            if wait > 0:
+                timeout = wait
+                block = True
+        while True:
+            try:
+                item = self._pending.get(timeout=timeout) if block else self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                self._stopping = True
+                return
+            self._backlog.append(_Job(*item))
+            block, timeout = False, None
+
+    def _next_batch(self) -> list[_Job]:
+        """Up to `sizer.size()` due jobs, oldest first; retries only while their requests still wait."""
+        # With the breaker open, a whole batch rides on one trial prompt (below).
+        size = self.max_batch if self.client.breaker.is_open else self.sizer.size()
+        now = time.monotonic()
+        batch: list[_Job] = []
+        later: list[_Job] = []
+        while self._backlog and len(batch) < size:
+            job = self._backlog.popleft()
+            if job.not_before > now:
+                later.append(job)
+            elif job.attempts and not self._still_waiting(job.request_id):
+                self.stats.skipped += 1
+                self._finish([job])
+            else:
+                batch.append(job)
+        self._backlog.extendleft(reversed(later))
+        return batch
+
+    def _score(self, batch: list[_Job]) -> None:
         detokenize = self._detokenizer()
         if detokenize is None:
+            self._finish(batch)
             return
+        rest: list[_Job] = []
         if self.client.breaker.is_open:
-            # The call will most likely fall back at once; decode just enough
-            # for the breaker's half-open trial, so a dead sidecar costs one
-            # decode per batch. The rest stay unscored (FCFS).
-            batch = batch[:1]
-        items = []
-        for request_id, token_ids in batch:
-            text = detokenize(head_and_tail(token_ids, self.max_prompt_tokens))
+            # Most likely no call will be made; decode just one prompt, for
+            # the breaker's half-open trial, so a dead sidecar costs one
+            # decode per batch. The rest wait for the trial's outcome.
+            batch, rest = batch[:1], batch[1:]
+        items, kept = [], []
+        for job in batch:
+            text = detokenize(head_and_tail(job.token_ids, self.max_prompt_tokens))
             if text:  # the sidecar rejects empty prompts; unscored is the right answer
-                items.append(ScoreItem(request_id, prompt=text))
+                items.append(ScoreItem(job.request_id, prompt=text))
+                kept.append(job)
+        if len(kept) < len(batch):
+            self._finish([job for job in batch if job not in kept])
+        if not kept:
+            self._backlog.extendleft(reversed(rest))
+            return
+        t0 = time.perf_counter()
         result = self.client.score(items, timeout_s=self.deadline_s)
-        self._results.extend(result.scores.items())
+        elapsed = time.perf_counter() - t0
+        if result.error == BREAKER_OPEN:
+            self._finish(kept + rest)
+            self._give_up(len(kept) + len(rest), "the sidecar is unavailable (circuit breaker open)")
+            return
+        self._backlog.extendleft(reversed(rest))
+        self.stats.calls += 1
+        if not result.fallback:
+            self.sizer.observe(len(kept), elapsed)
+            self._results.extend(result.scores.items())
+            self.stats.scored += len(result.scores)
+            self._finish(kept)
+            return
+        self.stats.failed_calls += 1
+        if result.error == "DEADLINE_EXCEEDED":
+            self.sizer.timed_out(len(kept))
+        retry = [job for job in kept if result.error in RETRYABLE and job.attempts < self.retries]
+        give_up = [job for job in kept if job not in retry]
+        now = time.monotonic()
+        for job in retry:
+            job.attempts += 1
+            delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (job.attempts - 1))
+            job.not_before = now + delay * (0.5 + random.random())
+        self.stats.retried += len(retry)
+        # Retries go back to the front: they are the oldest requests waiting.
+        self._backlog.extendleft(reversed(retry))
+        if give_up:
+            self._finish(give_up)
+            self._give_up(len(give_up), result.error or "no answer")
+
+    def _give_up(self, count: int, reason: str) -> None:
+        self.stats.unscored += count
+        try:
+            self._on_unscored(count, reason)
+        except Exception:
+            log.exception("ltr: reporting unscored requests failed")
+
+    def _finish(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        with self._progress:
+            self._done += len(jobs)
+            self._progress.notify_all()
 
     def _detokenizer(self) -> Detokenizer | None:
         if self._detokenize is None and not self._disabled:
             try:
                 self._detokenize = self._detokenizer_factory()
             except Exception as e:
-                # One warning, then FCFS for good: without the engine's
-                # tokenizer there is no text to rank.
+                # Once, then FCFS for good: without the engine's tokenizer
+                # there is no text to rank.
                 self._disabled = True
-                log.warning("ltr: cannot load the engine's tokenizer (%s); scheduling stays FCFS", e)
+                self._give_up(0, f"cannot load the engine's tokenizer ({e})")
         return self._detokenize
 
 
