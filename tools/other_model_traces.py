@@ -12,12 +12,15 @@ model's answers.  Three steps, two environments:
     .venv/bin/python tools/other_model_traces.py generate --model /tmp/smollm2-hf --out smollm2.jsonl --limit 300 --max-tokens 512
     # 3. the bundle's tau-b on those prompts against SmolLM2's lengths and against ShareGPT's own
     .venv/bin/python tools/other_model_traces.py compare --trace smollm2.jsonl
+    # 4. tau-b on a fixed held-out part, zero-shot and after the `adapt` fit on N = 50 ... 1,000 rows
+    .venv/bin/python tools/other_model_traces.py calibrate --trace smollm2.jsonl --out-dir benchmarks/results/calibration-smollm2
     # (or, with the baselines: ltr-sidecar evaluate BUNDLE --data smollm2.jsonl --split all)
 
 Prompts whose chat-formatted length exceeds --max-prompt-tokens are skipped
 (the model's context is short), so the set leans to shorter prompts.  A 135M
 model often loops until the cap (about half its answers here), so its
-lengths say less about the prompt than a larger model's would.
+lengths say less about the prompt than a larger model's would. Answers cut by
+--max-tokens are written with finish_reason "length" and censored: true.
 """
 
 from __future__ import annotations
@@ -219,6 +222,9 @@ def calibrate(trace: Path, bundle: Path, sizes: list[int], draws: int, held_out:
         print(f"N={point['n']}: mean {point['mean_tau_b']:.3f}, min {point['min_tau_b']:.3f}, promoted {point['promoted']}/{draws}")
     if out_dir:
         _write_calibration(result, out_dir)
+        # The labels without the prompts (ShareGPT test ids name them): enough to audit the figures.
+        with open(out_dir / "lengths.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"id": e.id, "output_tokens": e.output_tokens, "censored": e.censored}) + "\n" for e in examples)
     return result
 
 

@@ -93,7 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="",
         help="extra ranker policies, comma-separated guard designs: step:T:Q[:K] (the ordering module's guard: threshold, quantum, "
         "overtakes), rel:SIGNAL:K[:S] (promote after K x SIGNAL [+ S x mean service] waited steps), deadline:SIGNAL:W[:K] "
-        "(rank by arrival + W x SIGNAL x the score's quantile [, promote after K x SIGNAL]); SIGNAL is wait, latency, queue or service",
+        "(rank by arrival + W x SIGNAL x the score's quantile [, promote after K x SIGNAL]); SIGNAL is wait, latency, queue, service or fcfs (queue + service)",
     )
     p.add_argument(
         "--validate-v5", action="store_true", help="simulate the committed real-vLLM run v5 (its trace, seeds, rates and overload rates) and compare"

@@ -57,7 +57,8 @@ def signal(load: Load, kind: str) -> float:
     wait: recent admissions' mean wait; latency: recent completions' mean
     latency; queue: the queue's length over the admission rate (how long the
     newest arrival would wait under FCFS); service: recent completions' mean
-    time in the batch.
+    time in the batch; fcfs: queue + service, the newest arrival's latency
+    under FCFS.
     """
     if kind == "wait":
         return load.wait
@@ -67,6 +68,9 @@ def signal(load: Load, kind: str) -> float:
         return load.service
     if kind == "queue":
         return load.queue / load.admit_rate if load.admit_rate > 0 else math.nan
+    if kind == "fcfs":
+        # FCFS-equivalent latency of the newest arrival: its wait behind the queue, then a mean service.
+        return (load.queue / load.admit_rate if load.admit_rate > 0 else math.nan) + load.service
     raise ValueError(f"unknown load signal {kind!r}")
 
 
