@@ -116,10 +116,10 @@ def test_default_model_is_the_bundle_shipped_in_the_package():
 # --- start-up refusals -------------------------------------------------------------
 
 
-def refused(*args: str, env: dict[str, str] | None = None) -> list[str]:
-    """Run `serve` with args that must be refused: exit 2, one line on stderr, nothing on stdout, no traceback."""
+def refused(*args: str, env: dict[str, str] | None = None, command: tuple[str, ...] = ("serve", "--metrics-port", "-1")) -> list[str]:
+    """Run `command` (serve) with args that must be refused: exit 2, one line on stderr, nothing on stdout, no traceback."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LTR_")} | (env or {})
-    run = subprocess.run([sys.executable, "-m", "ltr_sidecar", "serve", "--metrics-port", "-1", *args],
+    run = subprocess.run([sys.executable, "-m", "ltr_sidecar", *command, *args],
                          capture_output=True, text=True, timeout=120, env=environ)
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr and not run.stdout
@@ -193,6 +193,25 @@ def test_every_serve_flag_in_help_is_in_the_readme_flag_table_and_no_other(capsy
     table = readme.split("## `ltr-sidecar serve` flags", 1)[1].split("\n## ", 1)[0]
     in_table = {flag for row in table.splitlines() if row.startswith("| `--") for flag in re.findall(r"`(--[a-z0-9-]+)`", row.split("|")[1])}
     assert in_help == in_table
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        ([], "--upstream (unset)"),
+        (["--upstream", "127.0.0.1:8000"], "--upstream 127.0.0.1:8000"),
+        (["--upstream", "http://127.0.0.1:9", "--listen-port", "99999"], "--listen-port 99999"),
+        (["--upstream", "http://127.0.0.1:9", "--engine", "tgi"], "--engine tgi"),
+        (["--upstream", "http://127.0.0.1:9", "--weight-ms", "-1"], "--weight-ms -1"),
+        (["--upstream", "http://127.0.0.1:9", "--window", "0"], "--window 0"),
+        (["--upstream", "http://127.0.0.1:9", "--score-timeout-ms", "0"], "--score-timeout-ms 0"),
+        (["--upstream", "http://127.0.0.1:9", "--log-level", "verbose"], "--log-level verbose"),
+        (["--upstream", "http://127.0.0.1:9", "--listen-host", "999.1.1.1", "--listen-port", "0"], "cannot listen on 999.1.1.1:0"),
+    ],
+)
+def test_an_invalid_proxy_setting_ends_start_up_with_one_line_naming_it(args, named):
+    (line,) = refused(*args, command=("proxy",))
+    assert named in line, line
 
 
 def test_health_and_the_proxy_read_the_sidecar_address_from_ltr_target(monkeypatch):

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from typing import Any, NoReturn
 from ltr_client import ordering
 from ltr_client.client import DEFAULT_TARGET, TARGET_ENV
 
-from .config import LOG_LEVELS, ConfigError, Limits, ServerConfig
+from .config import LOG_LEVELS, MAX_PORT, ConfigError, Limits, ServerConfig
 from .signing_commands import add_commands as add_signing_commands
 from .training.commands import add_commands as add_training_commands
 from .training.adapt import add_command as add_adapt_command
@@ -170,6 +171,7 @@ def _add_proxy(sub: argparse._SubParsersAction) -> None:
     a("--log-level", "debug, info, warning or error", str, "info")
 
     def run(args: argparse.Namespace) -> int:
+        _check_proxy_args(p, args)
         # Imported only here: the proxy is client code (ltr_client.proxy) and needs aiohttp.
         try:
             from ltr_client.proxy import main
@@ -183,6 +185,31 @@ def _add_proxy(sub: argparse._SubParsersAction) -> None:
         return main(args)
 
     p.set_defaults(func=run)
+
+
+def _check_proxy_args(parser: _EnvDefaults, args: argparse.Namespace) -> None:
+    """Refuse a proxy setting that cannot work, in one line naming the flag (exit 2), before anything starts."""
+    from ltr_client.priority import ENGINES
+
+    def refuse(flag: str, value: object, problem: str) -> NoReturn:
+        parser.error(f"{flag} {value}: {problem}{parser.env_source(flag, value)}")
+
+    if not args.upstream:
+        refuse("--upstream", "(unset)", "required: the OpenAI-compatible server to forward to, e.g. http://127.0.0.1:8000")
+    if not str(args.upstream).startswith(("http://", "https://")):
+        refuse("--upstream", args.upstream, "must be an http:// or https:// URL")
+    if not 0 <= args.listen_port <= MAX_PORT:
+        refuse("--listen-port", args.listen_port, f"must be between 0 and {MAX_PORT} (0 picks a free port)")
+    if args.engine not in ENGINES:
+        refuse("--engine", args.engine, f"must be one of {', '.join(ENGINES)}")
+    if not 0 <= args.weight_ms < math.inf:
+        refuse("--weight-ms", args.weight_ms, "must be a finite number >= 0")
+    if args.window < 1:
+        refuse("--window", args.window, "must be at least 1")
+    if not 0 < args.score_timeout_ms < math.inf:
+        refuse("--score-timeout-ms", args.score_timeout_ms, "must be a finite number > 0")
+    if args.log_level not in LOG_LEVELS:
+        refuse("--log-level", args.log_level, f"must be one of {', '.join(LOG_LEVELS)}")
 
 
 def _add_health(sub: argparse._SubParsersAction) -> None:

@@ -36,6 +36,9 @@ from collections.abc import Callable
 UNSCORED_RANK = 0.5
 
 
+# The priority conventions VirtualDeadline.priority speaks, by engine.
+ENGINES = ("vllm", "sglang", "tensorrt-llm")
+
 class VirtualDeadline:
     """Maps scores to virtual-deadline priorities, ranking each score against a window of recent ones."""
 
@@ -80,4 +83,4 @@ class VirtualDeadline:
             return deadline
         if engine == "sglang":
             return -deadline
-        raise ValueError(f"engine: {engine!r} is not one of vllm, sglang, tensorrt-llm")
+        raise ValueError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")

@@ -140,19 +140,18 @@ def build_app(upstream: str, sidecar: str, engine: str = "vllm", weight_ms: floa
 
 def main(args: argparse.Namespace) -> int:
     """Run the proxy until SIGTERM or SIGINT; the caller has configured logging."""
-    if not args.upstream:
-        log.error("--upstream (or LTR_UPSTREAM) is required")
-        return 2
-    if args.engine not in ("vllm", "sglang", "tensorrt-llm"):
-        log.error("--engine must be vllm, sglang or tensorrt-llm")
-        return 2
-
-    async def run() -> None:
+    # `ltr-sidecar proxy` has checked every flag; only the address can still fail.
+    async def run() -> int:
         app = build_app(args.upstream, args.sidecar, args.engine, args.weight_ms, args.window, args.score_timeout_ms / 1e3)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, args.listen_host, args.listen_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:  # a taken port, an address this machine does not have
+            await runner.cleanup()
+            log.error(f"cannot listen on {args.listen_host}:{args.listen_port}: {e.strerror or e}")
+            return 2
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("proxying", extra={"address": f"{args.listen_host}:{port}", "upstream": args.upstream, "engine": args.engine})
         stop = asyncio.Event()
@@ -161,6 +160,6 @@ def main(args: argparse.Namespace) -> int:
         await stop.wait()
         log.info("shutting down")
         await runner.cleanup()
+        return 0
 
-    asyncio.run(run())
-    return 0
+    return asyncio.run(run())

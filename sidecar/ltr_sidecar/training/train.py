@@ -158,7 +158,7 @@ def _subsample(rows: list[Example], limit: int, seed: int, salt: str) -> list[Ex
     return [row for i, row in enumerate(rows) if i in keep]
 
 
-class Scorer:
+class RowScorer:
     """Scores rows by index during training, from cached trunk states when layers are frozen."""
 
     def __init__(self, model: RankerModel, ids: list[list[int]], frozen: int, device: torch.device, chunk_size: int) -> None:
@@ -303,8 +303,8 @@ def _train(cfg: TrainConfig, stop: _StopSignals) -> dict[str, Any]:
     # -- 3. model; frozen trunk cached once ------------------------------------
     model = RankerModel.from_pretrained(base, bag_of_words=cfg.bag_of_words).to(device)
     model.freeze(cfg.freeze_layers)
-    train_scorer = Scorer(model, train_ids, cfg.freeze_layers, device, cfg.chunk_size)
-    val_scorer = Scorer(model, val_ids, cfg.freeze_layers, device, cfg.chunk_size)
+    train_scorer = RowScorer(model, train_ids, cfg.freeze_layers, device, cfg.chunk_size)
+    val_scorer = RowScorer(model, val_ids, cfg.freeze_layers, device, cfg.chunk_size)
     t_cache = time.time()
     train_scorer.build_cache(cfg.progress, "cache train trunk")
     val_scorer.build_cache(cfg.progress, "cache val trunk")
