@@ -27,7 +27,8 @@ def prompt_ids(i: int) -> list[int]:
 
 
 def scorer_for(target: str, deadline_s: float, **kw: object) -> BackgroundScorer:
-    client = RankerClient(target, timeout_s=deadline_s, breaker=kw.pop("breaker", None))  # type: ignore[arg-type]
+    # As the hook's make_client builds it: a timeout sizes calls down and never opens the breaker.
+    client = RankerClient(target, timeout_s=deadline_s, breaker=kw.pop("breaker", None), slow_is_unhealthy=False)  # type: ignore[arg-type]
     return BackgroundScorer(client, lambda: words, deadline_s=deadline_s, **kw)  # type: ignore[arg-type]
 
 
@@ -65,6 +66,28 @@ def test_a_burst_too_big_for_one_call_within_the_deadline_is_scored_whole_in_cal
     assert set(scores) == {f"r{i}" for i in range(burst)}, "every request of the burst got its score"
     assert scorer.stats.unscored == 0 and scorer.stats.calls > 1
     assert scorer.sizer.size() < burst
+
+
+def test_a_sidecar_slower_than_the_deadline_for_one_prompt_still_scores_every_request_and_keeps_its_breaker_closed(
+    start_sidecar, heavy_bundle
+):
+    sidecar = start_sidecar(model=heavy_bundle, max_batch_size=1, cache_size=0)
+    with RankerClient(sidecar.target, timeout_s=30) as probe:
+        probe.score([ScoreItem("warm", prompt=words(prompt_ids(0)))])
+        t0 = time.perf_counter()
+        probe.score([ScoreItem("t", prompt=words(prompt_ids(1)) + " t")])
+        one = time.perf_counter() - t0
+    # The deadline fits not even one prompt: every call at the configured deadline would time out.
+    scorer = scorer_for(sidecar.target, one / 3, max_batch=64, retries=3, breaker=CircuitBreaker(failure_threshold=3))
+    try:
+        for i in range(12):
+            scorer.submit(f"r{i}", prompt_ids(i) + [i])
+        assert scorer.wait_idle(120)
+        scores = dict(scorer.drain())
+    finally:
+        scorer.close()
+    assert len(scores) >= 11 and scorer.stats.unscored <= 1, scorer.stats
+    assert scorer.stats.failed_calls >= 1 and not scorer.client.breaker.is_open and scorer.client.breaker.times_opened == 0
 
 
 def test_a_failed_call_is_retried_with_backoff_only_for_requests_that_still_wait_then_given_up_and_reported():
@@ -119,13 +142,23 @@ def test_with_the_breaker_open_a_batch_costs_one_decode_and_is_given_up_at_once(
     assert len(decoded) <= len(gave_up), "one decode per batch given up, not one per request"
 
 
-def test_call_size_follows_measured_latency_and_halves_on_a_timeout():
+def test_call_size_follows_measured_latency_and_shrinks_on_a_timeout():
     sizer = CallSizer(deadline_s=0.2, max_batch=64, fill=0.5, first_call=4)
     assert sizer.size() == 4, "a fresh hook knows nothing of the sidecar: a small first call"
     sizer.observe(4, 0.004)  # 1 ms a prompt: 100 fit in half the deadline
     assert sizer.size() == 64
-    sizer.timed_out(64)  # each took more than 0.2 / 64 s
-    assert sizer.size() <= 32
+    sizer.timed_out(64, 0.2)  # each took more than 0.2 / 64 s
+    assert sizer.size() <= 32 and sizer.timeout_s(sizer.size()) == 0.2
     for _ in range(50):
         sizer.observe(10, 0.1)  # 10 ms a prompt
-    assert sizer.size() == 10
+    assert sizer.size() == 10 and sizer.timeout_s(10) == 0.2
+
+
+def test_a_sidecar_too_slow_for_one_prompt_in_the_deadline_gets_one_prompt_calls_with_a_stretched_deadline():
+    sizer = CallSizer(deadline_s=0.2, max_batch=64, fill=0.5, first_call=4, max_stretch=10)
+    sizer.timed_out(4, 0.2)  # four prompts did not fit in 200 ms
+    sizer.timed_out(sizer.size(), sizer.timeout_s(sizer.size()))
+    assert sizer.size() == 1 and sizer.timeout_s(1) > 0.2, "one prompt, given the time it needs"
+    for _ in range(10):
+        sizer.timed_out(1, sizer.timeout_s(1))
+    assert sizer.timeout_s(1) == 2.0, "never beyond max_stretch x the deadline"

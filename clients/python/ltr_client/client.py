@@ -146,10 +146,14 @@ def fcfs_batch(candidates: Sequence[Candidate], max_num_seqs: int, max_num_batch
 class _ClientBase:
     """What both clients share: the breaker, request building and response reading."""
 
-    def __init__(self, target: str, timeout_s: float, breaker: CircuitBreaker | None):
+    def __init__(self, target: str, timeout_s: float, breaker: CircuitBreaker | None, slow_is_unhealthy: bool = True):
         self.target = target
         self.timeout_s = timeout_s
         self.breaker = breaker or CircuitBreaker()
+        # A caller that sizes its calls to the sidecar's speed (the hook's
+        # background scorer) treats a timeout as "too big a call", not as a
+        # sidecar that cannot help: only a sidecar that is away opens its breaker.
+        self._unhealthy = _UNHEALTHY if slow_is_unhealthy else _UNHEALTHY - {grpc.StatusCode.DEADLINE_EXCEEDED}
 
     def _options(self, max_attempts: int, lb_policy: str | None, max_message_bytes: int) -> list[tuple[str, object]]:
         return [
@@ -192,7 +196,13 @@ class _ClientBase:
 
     def _failed(self, method: str, error: Exception) -> None:
         code = error.code() if isinstance(error, grpc.RpcError) else None
-        if code is not None and code not in _UNHEALTHY:
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and code not in self._unhealthy:
+            # Slow, not away: the caller sizes its next call down. Neither a
+            # success nor a failure, but a half-open trial must end somehow.
+            if self.breaker.is_open:
+                self.breaker.record_failure()
+            return
+        if code is not None and code not in self._unhealthy:
             # The sidecar answered, so it is healthy: this also ends a half-open trial.
             self.breaker.record_success()
             log.warning("ltr sidecar refused %s (%s): %s; using the fallback", method, code.name, error.details())
@@ -222,8 +232,9 @@ class RankerClient(_ClientBase):
         max_attempts: int = 3,
         lb_policy: str | None = None,
         max_message_bytes: int = 64 << 20,
+        slow_is_unhealthy: bool = True,
     ):
-        super().__init__(target, timeout_s, breaker)
+        super().__init__(target, timeout_s, breaker, slow_is_unhealthy)
         options = self._options(max_attempts, lb_policy, max_message_bytes)
         self.channel = grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
         self.stub = pbg.RankerServiceStub(self.channel)
@@ -293,8 +304,9 @@ class AsyncRankerClient(_ClientBase):
         max_attempts: int = 3,
         lb_policy: str | None = None,
         max_message_bytes: int = 64 << 20,
+        slow_is_unhealthy: bool = True,
     ):
-        super().__init__(target, timeout_s, breaker)
+        super().__init__(target, timeout_s, breaker, slow_is_unhealthy)
         options = self._options(max_attempts, lb_policy, max_message_bytes)
         aio = grpc.aio
         self.channel = aio.secure_channel(target, credentials, options) if credentials else aio.insecure_channel(target, options)

@@ -58,11 +58,13 @@ class LTRConfig:
 
     # host:port of the sidecar (any gRPC target string).
     target: str = DEFAULT_TARGET
-    # Deadline of one Score call. It bounds how stale a score can be, never a
-    # scheduling step: steps wait for scores only as score_wait_ms allows.
-    # The hook sizes its calls to it from the latency it measures (a busy CPU
-    # sidecar gets calls of a few prompts, each answered in time), so a burst
-    # is scored in several calls rather than lost in one that times out.
+    # The deadline each Score call is sized to, never a scheduling step's:
+    # steps wait for scores only as score_wait_ms allows. The hook sizes its
+    # calls to it from the latency it measures (a busy CPU sidecar gets calls
+    # of a few prompts, each answered in time), so a burst is scored in
+    # several calls rather than lost in one that times out; a sidecar too
+    # slow for one prompt in it gets one-prompt calls with the time they need
+    # (at most 10x this, scorer.CallSizer).
     deadline_ms: float = 200.0
     # A Score call that fails or times out is tried again, with backoff, at
     # most this many times, for the requests that still wait (0: never).

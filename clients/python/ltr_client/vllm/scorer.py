@@ -69,7 +69,7 @@ def head_and_tail(token_ids: Sequence[int], max_tokens: int) -> Sequence[int]:
 
 
 class CallSizer:
-    """How many prompts one Score call may carry so that it ends within the deadline.
+    """How many prompts one Score call may carry, and its deadline, so that it ends in time.
 
     It keeps a running estimate of the sidecar's seconds per prompt (fixed
     costs included, which errs toward smaller calls) and sizes calls to fill
@@ -77,13 +77,21 @@ class CallSizer:
     timeout doubles the estimate at once; successes pull it back smoothly.
     The first call carries `first_call` prompts: a fresh hook knows nothing
     of the sidecar yet, and a small call both answers quickly and measures it.
+
+    A sidecar too slow for even one prompt within the deadline (a CPU
+    sidecar on cores the engine and others keep busy) gets calls of one
+    prompt with the deadline that prompt needs, up to `max_stretch` times
+    the configured one: a score a little late still orders a queue that
+    waits seconds, where a call that can never succeed orders nothing.
     """
 
-    def __init__(self, deadline_s: float, max_batch: int, fill: float = 0.5, first_call: int = 4, smoothing: float = 0.3):
+    def __init__(self, deadline_s: float, max_batch: int, fill: float = 0.5, first_call: int = 4, smoothing: float = 0.3,
+                 max_stretch: float = 10.0):
         self.deadline_s = deadline_s
         self.max_batch = max_batch
         self.fill = fill
         self.smoothing = smoothing
+        self.max_deadline_s = deadline_s * max_stretch
         self.seconds_per_prompt: float | None = None
         self._first_call = max(1, min(first_call, max_batch))
 
@@ -94,17 +102,26 @@ class CallSizer:
         fits = int(self.fill * self.deadline_s / max(self.seconds_per_prompt, 1e-6))
         return max(1, min(self.max_batch, fits))
 
+    def timeout_s(self, prompts: int) -> float:
+        """The deadline of a call of `prompts` prompts: the configured one, stretched only when it cannot fit them."""
+        if self.seconds_per_prompt is None:
+            return self.deadline_s
+        needs = self.seconds_per_prompt * prompts / self.fill
+        return min(self.max_deadline_s, max(self.deadline_s, needs))
+
     def observe(self, prompts: int, seconds: float) -> None:
         """A call of `prompts` prompts answered in `seconds`."""
         per = seconds / max(prompts, 1)
         old = self.seconds_per_prompt
         self.seconds_per_prompt = per if old is None else old + self.smoothing * (per - old)
 
-    def timed_out(self, prompts: int) -> None:
-        """A call of `prompts` prompts ran out of deadline: each took longer than deadline / prompts."""
-        floor = self.deadline_s / max(prompts, 1)
+    def timed_out(self, prompts: int, seconds: float) -> None:
+        """A call of `prompts` prompts ran out of its deadline after `seconds`: each took longer than seconds / prompts."""
+        # How much longer they needed is unknown: guess twice, so that a
+        # sidecar far slower than the deadline is caught up with in a few calls.
+        floor = seconds / max(prompts, 1)
         old = self.seconds_per_prompt or 0.0
-        self.seconds_per_prompt = max(2 * old, floor)
+        self.seconds_per_prompt = 2 * max(old, floor)
 
 
 @dataclass
@@ -284,7 +301,7 @@ class BackgroundScorer:
             self._backlog.extendleft(reversed(rest))
             return
         t0 = time.perf_counter()
-        result = self.client.score(items, timeout_s=self.deadline_s)
+        result = self.client.score(items, timeout_s=self.sizer.timeout_s(len(items)))
         elapsed = time.perf_counter() - t0
         if result.error == BREAKER_OPEN:
             self._finish(kept + rest)
@@ -300,7 +317,7 @@ class BackgroundScorer:
             return
         self.stats.failed_calls += 1
         if result.error == "DEADLINE_EXCEEDED":
-            self.sizer.timed_out(len(kept))
+            self.sizer.timed_out(len(kept), elapsed)
         retry = [job for job in kept if result.error in RETRYABLE and job.attempts < self.retries]
         give_up = [job for job in kept if job not in retry]
         now = time.monotonic()
@@ -360,4 +377,7 @@ def make_client(cfg: LTRConfig) -> RankerClient:
         credentials=credentials,
         breaker=CircuitBreaker(cfg.breaker_failures, cfg.breaker_reset_s),
         lb_policy=cfg.lb_policy or None,
+        # The scorer sizes its calls (CallSizer): a slow sidecar gets smaller
+        # calls and longer deadlines; only one that is away opens the breaker.
+        slow_is_unhealthy=False,
     )
