@@ -96,14 +96,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     g = p.add_argument_group("ranker")
     g.add_argument("--bundle", type=Path, help="ranker bundle for the sidecar, whose tokenizer.json the engine also uses (none: the packaged default bundle)")
-    g.add_argument("--sidecar-threads", type=int, default=1, help="ONNX Runtime threads of the sidecar (it shares the CPU with the engine here)")
+    # Defaults are the products' own: the default sidecar (one ONNX Runtime
+    # thread per core, sharing them with the engine) and the hook at its
+    # defaults, as a user first runs them. The figures hold only if that works.
+    g.add_argument(
+        "--sidecar-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads of the sidecar (its --intra-op-threads; 0, its default: one per core, shared with the engine here)",
+    )
     g.add_argument(
         "--ltr-deadline-ms",
         type=float,
-        default=10_000.0,
-        help="the hook's deadline_ms: a CPU sidecar needs seconds for a batch; on a GPU the hook's 200 ms default fits",
+        default=None,
+        help="the hook's deadline_ms (unset: the hook's default, which sizes its calls to fit a busy CPU sidecar)",
     )
-    g.add_argument("--ltr-max-batch", type=int, default=16, help="the hook's max_batch: smaller batches get the first scores back sooner on a CPU sidecar")
+    g.add_argument("--ltr-max-batch", type=int, default=None, help="the hook's max_batch (unset: the hook's default)")
     g.add_argument(
         "--ltr-score-wait-ms",
         type=float,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import sys
 import time
@@ -176,4 +178,8 @@ def run_workload(
         extra["score_waits"] = scheduler.ltr_score_waits - waits0
         extra["score_wait_s"] = scheduler.ltr_score_wait_s - waited0_s
         extra["score_waits_on_clock"] = not policy.free_score_waits or isinstance(clock, WallClock)
+        if scheduler.scorer is not None:
+            # Since the engine started (warm-up requests included): calls, failures, retries, requests given up on.
+            extra["scorer"] = dataclasses.asdict(scheduler.scorer.stats)
+            extra["scorer_seconds_per_prompt"] = scheduler.scorer.sizer.seconds_per_prompt
     return Run(policy.name, workload, list(records.values()), wall, steps, aborted, extra)

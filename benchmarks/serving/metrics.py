@@ -56,6 +56,9 @@ def summarize(run: Run, first_k: int | None = None, budget_s: float | None = Non
         # them (an idle engine, or the first max_num_seqs of a burst): those
         # keep their FCFS slots.
         summary["scored_at_admission"] = sum(r.score_at_admission is not None for r in admitted) / len(admitted)
+    if "scorer" in run.extra:
+        # Whether scores arrived: calls, failures, retries and requests given up on (unscored).
+        summary["scorer"] = run.extra["scorer"]
     if run.extra.get("score_waits"):
         summary["score_waits"] = run.extra["score_waits"]
         summary["score_wait_s"] = run.extra["score_wait_s"]

@@ -28,7 +28,9 @@ class Policy:
 
 
 def make_policies(args: argparse.Namespace, target: str, bucket_priority: Callable[[TraceRequest], int] | None) -> dict[str, Policy]:
-    hook = {"target": target, "deadline_ms": args.ltr_deadline_ms, "max_batch": args.ltr_max_batch, "score_wait_ms": args.ltr_score_wait_ms}
+    hook: dict[str, Any] = {"target": target, "score_wait_ms": args.ltr_score_wait_ms}
+    # Unset flags leave the hook's own defaults.
+    hook.update({k: v for k, v in (("deadline_ms", args.ltr_deadline_ms), ("max_batch", args.ltr_max_batch)) if v is not None})
     policies = {
         "fcfs": Policy("fcfs", None, "fcfs"),
         # Guard settings left out: the hook's defaults (or LTR_STARVATION_* from the environment) apply.
