@@ -7,6 +7,7 @@ hand it word ids and a word list.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -38,19 +39,24 @@ def heavy_bundle(tmp_path_factory: pytest.TempPathFactory):
     return build_tiny_bundle(tmp_path_factory.mktemp("heavy") / "b", dim=256, num_layers=4, max_length=256)
 
 
-def test_a_burst_too_big_for_one_call_within_the_deadline_is_scored_whole_in_calls_sized_from_measured_latency(
-    start_sidecar, heavy_bundle
-):
-    # One prompt per model call, no cache: a call's time grows with its prompts.
-    sidecar = start_sidecar(model=heavy_bundle, max_batch_size=1, cache_size=0)
+def slow_sidecar(start_sidecar: Any, bundle: Any) -> tuple[Any, float]:
+    """A sidecar whose calls take time in proportion to their prompts (one per model call, no cache), and its seconds per prompt."""
+    sidecar = start_sidecar(model=bundle, max_batch_size=1, cache_size=0)
     with RankerClient(sidecar.target, timeout_s=30) as probe:
         probe.score([ScoreItem("warm", prompt=words(prompt_ids(0)))])
         t0 = time.perf_counter()
         for i in range(3):
             probe.score([ScoreItem(f"t{i}", prompt=words(prompt_ids(i)) + f" {i}")])
-        one = (time.perf_counter() - t0) / 3
-        deadline_s = 8 * one
-        burst = 64
+    return sidecar, (time.perf_counter() - t0) / 3
+
+
+def test_a_burst_too_big_for_one_call_within_the_deadline_is_scored_whole_in_calls_sized_from_measured_latency(
+    start_sidecar, heavy_bundle
+):
+    sidecar, one = slow_sidecar(start_sidecar, heavy_bundle)
+    deadline_s = 8 * one
+    burst = 64
+    with RankerClient(sidecar.target, timeout_s=30) as probe:
         # What the hook used to do: the whole burst in one call, cancelled at the deadline.
         whole = probe.score([ScoreItem(f"w{i}", prompt=words(prompt_ids(i)) + f" w{i}") for i in range(burst)], timeout_s=deadline_s)
     assert whole.fallback and whole.error == "DEADLINE_EXCEEDED"
@@ -71,12 +77,7 @@ def test_a_burst_too_big_for_one_call_within_the_deadline_is_scored_whole_in_cal
 def test_a_sidecar_slower_than_the_deadline_for_one_prompt_still_scores_every_request_and_keeps_its_breaker_closed(
     start_sidecar, heavy_bundle
 ):
-    sidecar = start_sidecar(model=heavy_bundle, max_batch_size=1, cache_size=0)
-    with RankerClient(sidecar.target, timeout_s=30) as probe:
-        probe.score([ScoreItem("warm", prompt=words(prompt_ids(0)))])
-        t0 = time.perf_counter()
-        probe.score([ScoreItem("t", prompt=words(prompt_ids(1)) + " t")])
-        one = time.perf_counter() - t0
+    sidecar, one = slow_sidecar(start_sidecar, heavy_bundle)
     # The deadline fits not even one prompt: every call at the configured deadline would time out.
     scorer = scorer_for(sidecar.target, one / 3, max_batch=64, retries=3, breaker=CircuitBreaker(failure_threshold=3))
     try:
