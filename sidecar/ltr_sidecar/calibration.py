@@ -330,6 +330,8 @@ class Verdict:
     confidence: float | None = None
     penalty: float | None = None
     cv_taus: dict[str, float] = field(default_factory=dict)
+    # With an incumbent (an online refit): the serving adapter's held-out tau-b, the bar the candidate had to clear.
+    incumbent_tau: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -341,6 +343,7 @@ class Verdict:
             "held_out": self.held_out,
             "held_out_base_tau_b": self.base_tau,
             "held_out_candidate_tau_b": self.candidate_tau,
+            "held_out_incumbent_tau_b": self.incumbent_tau,
             "confidence_candidate_better": self.confidence,
             "promote_confidence": PROMOTE_CONFIDENCE,
             "penalty": self.penalty,
@@ -356,6 +359,8 @@ def fit_calibration(
     censored: np.ndarray,
     seed: int = 0,
     holdout_fraction: float = HOLDOUT_FRACTION,
+    incumbent: Adapter | None = None,
+    max_held_out: int | None = None,
 ) -> Verdict:
     """Fit an adapter on one part of the observations and judge it against the base on the rest.
 
@@ -364,6 +369,10 @@ def fit_calibration(
     that count is censored (a lower bound). The candidate is promoted only if
     its held-out censored tau-b beats the base's on at least
     PROMOTE_CONFIDENCE of paired bootstrap resamples; the verdict says which.
+
+    `incumbent` (an online refit): the adapter serving now. The candidate must
+    then beat it, not the base, the same way. `max_held_out` caps the held-out
+    part (the bootstrap's cost grows with its square).
     """
     lengths = np.asarray(output_tokens, dtype=np.float64)
     cens = np.asarray(censored, dtype=bool)
@@ -376,6 +385,8 @@ def fit_calibration(
         raise ValueError(f"holdout_fraction must be in (0, 1), not {holdout_fraction}")
     rng = np.random.default_rng(seed)
     held = int(round(n * holdout_fraction))
+    if max_held_out is not None:
+        held = min(held, max_held_out)
     counts = {"observations": n, "censored": int(cens.sum()), "train": n - held, "held_out": held}
     if n < MIN_OBSERVATIONS or held < MIN_HOLDOUT:
         return Verdict(None, False, f"too few observations ({n}; at least {MIN_OBSERVATIONS}, {MIN_HOLDOUT} of them held out)", **counts)
@@ -386,15 +397,21 @@ def fit_calibration(
     candidate = base[test] + x[test] @ _weights(adapter) + adapter.bias
     base_tau = censored_tau_b(base[test], lengths[test], cens[test])
     candidate_tau = censored_tau_b(candidate, lengths[test], cens[test])
-    confidence = float(np.mean(paired_bootstrap(candidate, base[test], lengths[test], cens[test], rng) > 0))
-    promoted = candidate_tau > base_tau and confidence >= PROMOTE_CONFIDENCE
+    bar, bar_tau, bar_name = base[test], base_tau, "the base's"
+    incumbent_tau = None
+    if incumbent is not None:
+        bar = incumbent.apply(np.asarray(embeddings)[test], base[test], np.asarray(prompt_tokens)[test]).astype(np.float64)
+        bar_tau = incumbent_tau = censored_tau_b(bar, lengths[test], cens[test])
+        bar_name = "the serving calibration's"
+    confidence = float(np.mean(paired_bootstrap(candidate, bar, lengths[test], cens[test], rng) > 0))
+    promoted = candidate_tau > bar_tau and confidence >= PROMOTE_CONFIDENCE
     if promoted:
-        reason = f"held-out tau-b {candidate_tau:.3f} beats the base's {base_tau:.3f} on {confidence:.1%} of bootstrap resamples"
+        reason = f"held-out tau-b {candidate_tau:.3f} beats {bar_name} {bar_tau:.3f} on {confidence:.1%} of bootstrap resamples"
     else:
-        reason = (f"not promoted: held-out tau-b {candidate_tau:.3f} vs the base's {base_tau:.3f}, better on {confidence:.1%} "
-                  f"of bootstrap resamples (needs {PROMOTE_CONFIDENCE:.0%}); the base serves unchanged")
+        reason = (f"not promoted: held-out tau-b {candidate_tau:.3f} vs {bar_name} {bar_tau:.3f}, better on {confidence:.1%} "
+                  f"of bootstrap resamples (needs {PROMOTE_CONFIDENCE:.0%}); {'the serving calibration stays' if incumbent else 'the base serves unchanged'}")
     verdict = Verdict(None, promoted, reason, **counts, base_tau=base_tau, candidate_tau=candidate_tau, confidence=confidence,
-                      penalty=penalty, cv_taus=cv_taus)
+                      penalty=penalty, cv_taus=cv_taus, incumbent_tau=incumbent_tau)
     if promoted:
         adapter = Adapter(adapter.embedding_weights, adapter.base_score_weight, adapter.log_prompt_tokens_weight, adapter.bias,
                           fit=verdict.as_dict())

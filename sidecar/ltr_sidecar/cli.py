@@ -103,6 +103,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     a("--max-connection-age", "close client connections after this many seconds so round_robin clients re-resolve DNS and find new replicas (0 = never)", float, d.max_connection_age_s)
     a("--log-level", " or ".join([", ".join(LOG_LEVELS[:-1]), LOG_LEVELS[-1]]), str, d.log_level)
     a("--log-format", "json (one object per line) or text", str, d.log_format)
+    a("--calibration", "on: learn each served model's answer lengths from Observe calls and calibrate Score calls that name "
+      "the model (keeps derived features and lengths, never prompts; per replica; needs a bundle with a pooled embedding "
+      "output or the onnx package); off: Observe keeps nothing", str, d.calibration)
+    a("--state-dir", "directory where calibrations persist across restarts (atomic writes, sha256-verified); unset: "
+      "in memory only. Used only with --calibration on", Path, d.state_dir)
     p.set_defaults(func=functools.partial(_serve, p))
 
 
@@ -149,6 +154,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_connection_age_s=args.max_connection_age,
         log_level=args.log_level,
         log_format=args.log_format,
+        calibration=args.calibration,
+        state_dir=args.state_dir,
     )
 
 

@@ -16,6 +16,7 @@ from ltr_client.ordering import StarvationGuard
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
+CALIBRATION_MODES = ("on", "off")
 MAX_PORT = 65535
 # gRPC takes message limits as a C int.
 MAX_MESSAGE_BYTES = (1 << 31) - 1
@@ -78,6 +79,10 @@ class ServerConfig:
     max_connection_age_s: float = 0.0  # 0 = never
     log_level: str = "info"
     log_format: str = "json"
+    # Online calibration (Observe): off keeps nothing and computes nothing extra. Per replica.
+    calibration: str = "off"
+    # Where calibrations persist across restarts (None: in memory only).
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -113,6 +118,15 @@ class ServerConfig:
             raise ConfigError("--tls-cert", "(unset)", "TLS needs a certificate with --tls-key")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-cert", "(unset)", "mTLS (--tls-client-ca) needs a server certificate and key too")
+        if self.calibration not in CALIBRATION_MODES:
+            raise ConfigError("--calibration", self.calibration, f"must be one of {', '.join(CALIBRATION_MODES)}")
+        if self.state_dir is not None and self.calibration == "on":
+            from .online_calibration import check_state_dir
+
+            try:
+                check_state_dir(Path(self.state_dir))
+            except OSError as e:
+                raise ConfigError("--state-dir", self.state_dir, f"cannot write there: {e.strerror or e}") from e
         for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-client-ca", self.tls_client_ca)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(flag, path, "no such file")

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .online_calibration import Calibrator
     from .scoring import Scorer
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -32,6 +33,10 @@ class Metrics:
     def watch(self, scorer: Scorer) -> None:
         """Export the scorer's own counters (queue, cache, drops), read at scrape time."""
         self.registry.register(_ScorerCollector(scorer))
+
+    def watch_calibration(self, calibrator: Calibrator) -> None:
+        """Export each served model's calibration (version, taus, counts), read at scrape time."""
+        self.registry.register(_CalibrationCollector(calibrator))
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         self.batch_size.observe(rows)
@@ -65,3 +70,30 @@ class _ScorerCollector(Collector):
         dropped.add_metric(["deadline"], batcher.dropped_expired)
         dropped.add_metric(["cancelled"], batcher.dropped_cancelled)
         yield dropped
+
+
+class _CalibrationCollector(Collector):
+    def __init__(self, calibrator: Calibrator):
+        self.calibrator = calibrator
+
+    def collect(self) -> Iterator[Metric]:
+        statuses = self.calibrator.statuses()
+        info = GaugeMetricFamily("ltr_calibration_info", "The calibration serving each model (value 1; version empty: the base ranker)",
+                                 labels=["served_model", "version"])
+        seen = CounterMetricFamily("ltr_calibration_observations", "Finished requests observed, by served model", labels=["served_model"])
+        held = GaugeMetricFamily("ltr_calibration_held", "Observations held in the model's reservoir", labels=["served_model"])
+        tau = GaugeMetricFamily("ltr_calibration_tau_b", "Censored tau-b on the last refit's held-out observations: the base "
+                                "ranker's and the serving calibration's (NaN before the first refit)", labels=["served_model", "ranker"])
+        refits = CounterMetricFamily("ltr_calibration_refits", "Refits run, by served model", labels=["served_model"])
+        promotions = CounterMetricFamily("ltr_calibration_promotions", "Refits promoted to serve, by served model", labels=["served_model"])
+        for st in statuses:
+            info.add_metric([st.model, st.version], 1)
+            seen.add_metric([st.model], st.observations)
+            held.add_metric([st.model], st.held)
+            tau.add_metric([st.model, "base"], st.base_tau)
+            tau.add_metric([st.model, "serving"], st.serving_tau)
+            refits.add_metric([st.model], st.refits)
+            promotions.add_metric([st.model], st.promotions)
+        yield from (info, seen, held, tau, refits, promotions)
+        yield GaugeMetricFamily("ltr_calibration_state_errors", "State files refused at start-up (corrupt or unreadable)",
+                                value=len(self.calibrator.load_errors))

@@ -100,11 +100,15 @@ class OnnxRanker:
     """Scores prompts with a bundle's model: higher score = shorter predicted output."""
 
     def __init__(
-        self, bundle: Bundle | str | Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0, max_length: int = 0
+        self, bundle: Bundle | str | Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0, max_length: int = 0,
+        need_embedding: bool = False,
     ):
         """`max_length` (0: the bundle's) cuts prompts shorter than the bundle does: the model's cost
         grows with the tokens it reads, so this trades a little accuracy for speed. It cannot exceed
-        the bundle's, which is what the model was trained and evaluated on."""
+        the bundle's, which is what the model was trained and evaluated on.
+
+        `need_embedding` (online calibration): a model without a pooled-embedding output gets one
+        added in memory, as `adapt` adds it (needs the onnx package); its score output is unchanged."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if max_length < 0 or max_length > self.bundle.max_length:
             raise ValueError(f"--max-length: {max_length} is outside [0, {self.bundle.max_length}] (the bundle's max_length)")
@@ -125,9 +129,10 @@ class OnnxRanker:
             if not key.startswith("session."):
                 raise ValueError(f"{self.bundle.path}/ranker.json: runtime.session_config key {key!r} is not a session.* option")
             options.add_session_config_entry(key, str(value))
-        self.session = ort.InferenceSession(
-            str(self.bundle.model_path), sess_options=options, providers=choose_providers(providers)
-        )
+        model: str | bytes = str(self.bundle.model_path)
+        if need_embedding:
+            model = _with_embedding(self.bundle.model_path)
+        self.session = ort.InferenceSession(model, sess_options=options, providers=choose_providers(providers))
         self.providers: list[str] = self.session.get_providers()
         inputs = {i.name for i in self.session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= inputs:
@@ -193,6 +198,33 @@ class OnnxRanker:
         embeddings = np.stack([parts[i] for i in range(len(token_ids))]) if token_ids else np.zeros((0, 0), np.float32)
         return embeddings, base, np.array([len(ids) for ids in token_ids], dtype=np.int64)
 
+    def score_with_features(self, token_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The served scores (what score_ids returns) and the pooled embeddings [n, dim], in input order."""
+        if self._embedding is None:
+            raise ValueError(f"{self.bundle.model_path}: has no {EMBEDDING_OUTPUT!r} output")
+        scores = np.empty(len(token_ids), dtype=np.float32)
+        parts: dict[int, np.ndarray] = {}
+        for rows in _buckets(token_ids):
+            batch = [token_ids[i] for i in rows]
+            base, embedding = self._run_model(batch, embedding=True)
+            if self.calibration is not None:
+                base = self.calibration.adapter.apply(embedding, base, np.array([len(r) for r in batch]))
+            scores[rows] = base
+            parts.update(zip(rows, embedding))
+        width = self.embedding_dim
+        embeddings = np.stack([parts[i] for i in range(len(token_ids))]) if token_ids else np.zeros((0, width), np.float32)
+        return scores, embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the pooled embedding output (0 without one)."""
+        if self._embedding is None:
+            return 0
+        shape = next(o.shape for o in self.session.get_outputs() if o.name == self._embedding)
+        if isinstance(shape[-1], int):
+            return int(shape[-1])
+        return int(self._run_model([[0]], embedding=True)[1].shape[1])
+
     def _run(self, rows: list[Sequence[int]]) -> np.ndarray:
         if self.calibration is None:
             return self._run_model(rows)[0]
@@ -206,6 +238,21 @@ class OnnxRanker:
         out = self.session.run(names, {"input_ids": input_ids, "attention_mask": mask})
         base = np.asarray(out[0], dtype=np.float32).reshape(len(rows))
         return base, (np.asarray(out[1], dtype=np.float32).reshape(len(rows), -1) if embedding else np.zeros((0, 0), np.float32))
+
+
+def _with_embedding(model_path: Path) -> bytes:
+    """The model's bytes with the pooled embedding as a second output (a model that has one: unchanged)."""
+    import tempfile
+
+    from .training.adapt import expose_embedding  # imports onnx only when called
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            expose_embedding(model_path, Path(tmp) / "model.onnx")
+        except ImportError as e:
+            raise ValueError(f"--calibration on: {model_path} has no {EMBEDDING_OUTPUT!r} output and adding one needs the onnx "
+                             f"package ({e}); install it or serve a bundle written by `ltr-sidecar adapt`") from e
+        return (Path(tmp) / "model.onnx").read_bytes()
 
 
 def _buckets(token_ids: Sequence[Sequence[int]]) -> list[list[int]]:

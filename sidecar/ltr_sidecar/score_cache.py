@@ -11,6 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+# What is cached per prompt: a score, or (with calibration on) the prompt's features.
+V = TypeVar("V")
 
 
 def prompt_key(prompt: str | None = None, token_ids: Sequence[int] | None = None) -> bytes:
@@ -21,12 +25,12 @@ def prompt_key(prompt: str | None = None, token_ids: Sequence[int] | None = None
     return hashlib.blake2b(b"i" + ids.encode("ascii"), digest_size=16).digest()
 
 
-class ScoreCache:
-    """Bounded LRU map prompt key -> score, plus request id -> prompt key."""
+class ScoreCache(Generic[V]):
+    """Bounded LRU map prompt key -> score (or another value), plus request id -> prompt key."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._scores: OrderedDict[bytes, float] = OrderedDict()
+        self._scores: OrderedDict[bytes, V] = OrderedDict()
         self._ids: OrderedDict[str, bytes] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -34,14 +38,14 @@ class ScoreCache:
     def __len__(self) -> int:
         return len(self._scores)
 
-    def get(self, key: bytes) -> float | None:
+    def get(self, key: bytes) -> V | None:
         score = self._scores.get(key)
         self._count(score)
         if score is not None:
             self._scores.move_to_end(key)
         return score
 
-    def get_by_id(self, request_id: str) -> float | None:
+    def get_by_id(self, request_id: str) -> V | None:
         """The score of the prompt last seen under `request_id`; None (a miss) for an unknown id or an evicted prompt."""
         key = self._ids.get(request_id)
         if key is None:
@@ -49,7 +53,7 @@ class ScoreCache:
             return None
         return self.get(key)
 
-    def put(self, request_id: str, key: bytes, score: float) -> None:
+    def put(self, request_id: str, key: bytes, score: V) -> None:
         if self.capacity <= 0:
             return
         self._scores[key] = score
@@ -67,7 +71,7 @@ class ScoreCache:
             while len(self._ids) > self.capacity:
                 self._ids.popitem(last=False)
 
-    def _count(self, score: float | None) -> None:
+    def _count(self, score: V | None) -> None:
         if score is None:
             self.misses += 1
         else:

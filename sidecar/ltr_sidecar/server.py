@@ -16,6 +16,7 @@ from ltr_client.api import ranker_pb2 as pb
 from .bundle import load_bundle
 from .config import ConfigError, ServerConfig
 from .metrics import Metrics
+from .online_calibration import Calibrator
 from .ranker import OnnxRanker
 from .request_decoding import lenient_deserializer
 from .scoring import Scorer
@@ -31,6 +32,7 @@ def _handlers(servicer: RankerServicer) -> grpc.GenericRpcHandler:
         "Score": (servicer.Score, pb.ScoreRequest, pb.ScoreResponse),
         "NextBatch": (servicer.NextBatch, pb.NextBatchRequest, pb.NextBatchResponse),
         "ModelInfo": (servicer.ModelInfo, pb.ModelInfoRequest, pb.ModelInfoResponse),
+        "Observe": (servicer.Observe, pb.ObserveRequest, pb.ObserveResponse),
     }
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
@@ -106,7 +108,15 @@ class SidecarServer:
         _check_listenable("--host/--port", config.host, config.port)
         if config.metrics_port >= 0:
             _check_listenable("--metrics-host/--metrics-port", config.metrics_host, config.metrics_port)
-        ranker = ranker or OnnxRanker(load_bundle(config.model, config.trusted_key), config.providers or None, config.intra_op_threads, config.max_length)
+        calibrating = config.calibration == "on"
+        ranker = ranker or OnnxRanker(load_bundle(config.model, config.trusted_key), config.providers or None, config.intra_op_threads,
+                                      config.max_length, need_embedding=calibrating)
+        calibrator = None
+        if calibrating:
+            if not ranker.embedding_dim:
+                raise ValueError(f"--calibration on: {ranker.bundle.model_path} has no pooled embedding output")
+            # Loads the state dir; a corrupt file is refused (logged, naming it) and the base ranker serves that model.
+            calibrator = Calibrator(ranker.embedding_dim, config.state_dir)
         metrics = Metrics()
         scorer = Scorer(
             ranker,
@@ -115,8 +125,11 @@ class SidecarServer:
             max_delay_s=config.max_delay_ms / 1e3,
             max_queue=config.max_queue,
             on_batch=metrics.observe_batch,
+            calibrator=calibrator,
         )
         metrics.watch(scorer)
+        if calibrator is not None:
+            metrics.watch_calibration(calibrator)
         metrics.model.labels(ranker.bundle.model_version, ranker.provider, ranker.bundle.model_sha256).set(1)
         size = config.limits.max_message_bytes
         options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size), ("grpc.so_reuseport", 0)]
@@ -182,6 +195,8 @@ class SidecarServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.scorer.stop()
+        if self.scorer.calibrator is not None:
+            await asyncio.to_thread(self.scorer.calibrator.stop)  # persists every model's state
         self.metrics.close()
         self._stopped.set()
         log.info("stopped")

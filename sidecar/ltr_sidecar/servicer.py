@@ -22,6 +22,7 @@ from ltr_client.api import ranker_pb2 as pb
 from .batcher import DeadlineExpired, NeverFits, Overloaded
 from .config import Limits
 from .metrics import Metrics
+from .online_calibration import MAX_MODELS, Features
 from ltr_client.ordering import Candidates, StarvationGuard, next_batch
 from ltr_client.wire import decision_fields
 from .request_decoding import Undecodable
@@ -29,6 +30,9 @@ from .scoring import Scorer, ScoreInput, deadline_from_timeout
 
 log = logging.getLogger(__name__)
 Resp = TypeVar("Resp")
+# Observe: longest served model name, and most output tokens one request may report.
+MAX_MODEL_NAME = 256
+MAX_OUTPUT_TOKENS = 1 << 24
 
 
 class RpcError(Exception):
@@ -92,12 +96,43 @@ class RankerServicer:
     @_rpc("Score")
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         inputs = self._score_inputs(request)
-        results = await self._score(inputs, context, "items")
+        self._check_model_name(request.model, "model", required=False)
+        results = await self._score(inputs, context, "items", request.model)
         self.metrics.items.labels("Score").inc(len(inputs))
         return pb.ScoreResponse(
-            scores=[pb.ItemScore(request_id=i.request_id, score=r.score, cached=r.cached) for i, r in zip(inputs, results)],
+            scores=[pb.ItemScore(request_id=i.request_id, score=r.score, cached=r.cached, calibration_version=r.calibration_version)
+                    for i, r in zip(inputs, results)],
             model_version=self.model_version,
         )
+
+    @_rpc("Observe")
+    async def Observe(self, request: pb.ObserveRequest, context: grpc.aio.ServicerContext) -> pb.ObserveResponse:
+        observations = request.observations
+        self._check_count(len(observations), "observations")
+        inputs = self._observation_inputs(observations)
+        calibrator = self.scorer.calibrator
+        self.metrics.items.labels("Observe").inc(len(observations))
+        if calibrator is None:  # --calibration off: validated, then nothing is kept or computed
+            return pb.ObserveResponse(accepted=0, unknown=0, calibration_enabled=False)
+        for i, o in enumerate(observations):
+            if o.model not in calibrator.models and len({*calibrator.models, *(x.model for x in observations[: i + 1])}) > MAX_MODELS:
+                raise invalid(f"observations[{i}].model: more than {MAX_MODELS} served models; calibrations are kept for at most {MAX_MODELS}")
+        to_score = [inp for o, inp in zip(observations, inputs) if inp is not None and self.scorer.features_by_id(o.request_id) is None]
+        if to_score:  # features for requests this replica has not scored recently; the prompts are not kept
+            await self._score(to_score, context, "observations")
+        by_model: dict[str, tuple[list[Features], list[int], list[bool]]] = {}
+        unknown = 0
+        for o in observations:
+            features = self.scorer.features_by_id(o.request_id)
+            if features is None:
+                unknown += 1
+                continue
+            rows = by_model.setdefault(o.model, ([], [], []))
+            rows[0].append(features)
+            rows[1].append(o.output_tokens)
+            rows[2].append(o.finish != pb.FINISH_STOPPED)
+        accepted = sum(calibrator.observe(model, *rows) for model, rows in by_model.items())
+        return pb.ObserveResponse(accepted=accepted, unknown=unknown, calibration_enabled=True)
 
     @_rpc("NextBatch")
     async def NextBatch(self, request: pb.NextBatchRequest, context: grpc.aio.ServicerContext) -> pb.NextBatchResponse:
@@ -142,14 +177,20 @@ class RankerServicer:
             default_guard=pb.StarvationGuard(
                 threshold_steps=self.guard.threshold_steps, quantum_steps=self.guard.quantum_steps, max_overtakes=self.guard.max_overtakes
             ),
+            calibrations=[
+                pb.Calibration(model=st.model, version=st.version, observations=st.observations, held=st.held, base_tau_b=st.base_tau,
+                               serving_tau_b=st.serving_tau, refits=st.refits, promotions=st.promotions)
+                for st in (self.scorer.calibrator.statuses() if self.scorer.calibrator else [])
+            ],
+            calibration_enabled=self.scorer.calibrator is not None,
         )
 
     # --- helpers --------------------------------------------------------------
 
-    async def _score(self, inputs: list[ScoreInput], context: grpc.aio.ServicerContext, field: str) -> list:
+    async def _score(self, inputs: list[ScoreInput], context: grpc.aio.ServicerContext, field: str, model: str = "") -> list:
         """Scores for `inputs` (the prompts of request field `field`), or the RpcError that says why not."""
         try:
-            return await self.scorer.score(inputs, deadline_from_timeout(context.time_remaining()))
+            return await self.scorer.score(inputs, deadline_from_timeout(context.time_remaining()), model)
         except NeverFits as e:  # RESOURCE_EXHAUSTED would promise that a retry can succeed
             raise invalid(f"{field}: {e} (the server's --max-queue); send fewer prompts to score per call") from e
         except Overloaded as e:
@@ -180,28 +221,58 @@ class RankerServicer:
 
     def _score_inputs(self, request: pb.ScoreRequest) -> list[ScoreInput]:
         self._check_count(len(request.items), "items")
-        vocab = self.scorer.ranker.vocab_size
         seen: set[str] = set()
         inputs = []
         for i, item in enumerate(request.items):
             self._check_request_id(item.request_id, seen, f"items[{i}].request_id")
-            kind = item.WhichOneof("input")
-            if kind == "prompt":
-                self._check_prompt(item.prompt, f"items[{i}].prompt")
-                inputs.append(ScoreInput(item.request_id, prompt=item.prompt))
-            elif kind == "token_ids":
-                ids = item.token_ids.ids
-                field = f"items[{i}].token_ids"
-                if not ids:
-                    raise invalid(f"{field}: must not be empty")
-                if len(ids) > self.limits.max_prompt_bytes:
-                    raise invalid(f"{field}: {len(ids)} ids exceed the limit of {self.limits.max_prompt_bytes}")
-                if min(ids) < 0 or max(ids) >= vocab:
-                    raise invalid(f"{field}: ids must lie in [0, {vocab})")
-                inputs.append(ScoreInput(item.request_id, token_ids=tuple(ids)))
-            else:
+            inp = self._prompt_input(item, f"items[{i}]")
+            if inp is None:
                 raise invalid(f"items[{i}]: set prompt or token_ids")
+            inputs.append(inp)
         return inputs
+
+    def _prompt_input(self, item: pb.ScoreItem | pb.Observation, where: str) -> ScoreInput | None:
+        """The item's prompt or token ids as a ScoreInput (None if it has neither); INVALID_ARGUMENT naming `where` if bad."""
+        kind = item.WhichOneof("input")
+        if kind == "prompt":
+            self._check_prompt(item.prompt, f"{where}.prompt")
+            return ScoreInput(item.request_id, prompt=item.prompt)
+        if kind == "token_ids":
+            ids = item.token_ids.ids
+            field = f"{where}.token_ids"
+            if not ids:
+                raise invalid(f"{field}: must not be empty")
+            if len(ids) > self.limits.max_prompt_bytes:
+                raise invalid(f"{field}: {len(ids)} ids exceed the limit of {self.limits.max_prompt_bytes}")
+            vocab = self.scorer.ranker.vocab_size
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise invalid(f"{field}: ids must lie in [0, {vocab})")
+            return ScoreInput(item.request_id, token_ids=tuple(ids))
+        return None
+
+    def _observation_inputs(self, observations) -> list[ScoreInput | None]:
+        """Check every observation; the prompt input of each that carries one."""
+        seen: set[str] = set()
+        inputs = []
+        for i, o in enumerate(observations):
+            where = f"observations[{i}]"
+            self._check_request_id(o.request_id, seen, f"{where}.request_id")
+            self._check_model_name(o.model, f"{where}.model", required=True)
+            if o.finish not in (pb.FINISH_STOPPED, pb.FINISH_LENGTH, pb.FINISH_ABORTED):
+                raise invalid(f"{where}.finish: must be FINISH_STOPPED, FINISH_LENGTH or FINISH_ABORTED, not {o.finish}")
+            if o.finish == pb.FINISH_LENGTH and o.output_tokens == 0:
+                raise invalid(f"{where}.output_tokens: 0, but a request cut by max_tokens generated at least one token")
+            if o.output_tokens > MAX_OUTPUT_TOKENS:
+                raise invalid(f"{where}.output_tokens: {o.output_tokens} exceeds {MAX_OUTPUT_TOKENS}")
+            inputs.append(self._prompt_input(o, where))
+        return inputs
+
+    @staticmethod
+    def _check_model_name(model: str, field: str, required: bool) -> None:
+        if required and not model:
+            raise invalid(f"{field}: must name the served model")
+        if len(model) > MAX_MODEL_NAME:
+            raise invalid(f"{field}: longer than {MAX_MODEL_NAME} characters")
 
     def _candidates(self, request: pb.NextBatchRequest, max_tokens: int) -> tuple[Candidates, list[tuple[int, ScoreInput]]]:
         """Columns for the policy, and the candidates that still need scoring (with their index)."""

@@ -7,7 +7,7 @@
 """
 
 from .breaker import CircuitBreaker
-from .client import AsyncRankerClient, Batch, Candidate, RankerClient, ScoreItem, Scores, fcfs_batch
+from .client import AsyncRankerClient, Batch, Candidate, Finished, Observed, RankerClient, ScoreItem, Scores, fcfs_batch
 from .ordering import StarvationGuard
 
 __all__ = [
@@ -15,6 +15,8 @@ __all__ = [
     "Batch",
     "Candidate",
     "CircuitBreaker",
+    "Finished",
+    "Observed",
     "RankerClient",
     "ScoreItem",
     "Scores",

@@ -65,6 +65,41 @@ class Scores:
     # Why it fell back: a gRPC status code's name, or "breaker_open" when no
     # call was made; None on success. Callers that retry read it.
     error: str | None = None
+    # The served model's calibration that produced the scores ("" for the base
+    # ranker; one per call). Scores compare only within one version.
+    calibration_version: str = ""
+
+
+# How a request ended (vLLM's finish_reason) -> the wire's Finish.
+FINISH = {"stop": pb.FINISH_STOPPED, "length": pb.FINISH_LENGTH, "abort": pb.FINISH_ABORTED}
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One finished request, for `observe`: its id, the tokens it generated and how it ended.
+
+    finish: "stop" (the model ended it: exact), "length" (cut by max_tokens) or
+    "abort" (both censored: the answer would have run at least this long).
+    The prompt (or token ids) is needed only for a request this sidecar did not score.
+    """
+
+    request_id: str
+    output_tokens: int
+    finish: str
+    model: str
+    prompt: str | None = None
+    token_ids: Sequence[int] | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What `observe` achieved: observations the sidecar kept, and those it had no features for."""
+
+    accepted: int
+    unknown: int
+    calibration_enabled: bool
+    fallback: bool = False
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,14 +199,33 @@ class _ClientBase:
         ]
 
     @staticmethod
-    def _score_request(items: Sequence[ScoreItem]) -> pb.ScoreRequest:
+    def _score_request(items: Sequence[ScoreItem], model: str = "") -> pb.ScoreRequest:
         out = []
         for it in items:
             if it.prompt is not None:
                 out.append(pb.ScoreItem(request_id=it.request_id, prompt=it.prompt))
             else:
                 out.append(pb.ScoreItem(request_id=it.request_id, token_ids=pb.TokenIds(ids=list(it.token_ids or ()))))
-        return pb.ScoreRequest(items=out)
+        return pb.ScoreRequest(items=out, model=model)
+
+    @staticmethod
+    def _scores(resp: pb.ScoreResponse) -> Scores:
+        version = resp.scores[0].calibration_version if resp.scores else ""
+        return Scores({s.request_id: s.score for s in resp.scores}, resp.model_version, fallback=False, calibration_version=version)
+
+    @staticmethod
+    def _observe_request(finished: Sequence[Finished]) -> pb.ObserveRequest:
+        out = []
+        for f in finished:
+            if f.finish not in FINISH:
+                raise ValueError(f"finish: {f.finish!r} is not one of {', '.join(FINISH)}")
+            o = pb.Observation(request_id=f.request_id, output_tokens=f.output_tokens, finish=FINISH[f.finish], model=f.model)
+            if f.prompt is not None:
+                o.prompt = f.prompt
+            elif f.token_ids is not None:
+                o.token_ids.ids.extend(f.token_ids)
+            out.append(o)
+        return pb.ObserveRequest(observations=out)
 
     @staticmethod
     def _next_batch_request(
@@ -239,18 +293,33 @@ class RankerClient(_ClientBase):
         self.channel = grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
         self.stub = pbg.RankerServiceStub(self.channel)
 
-    def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None) -> Scores:
+    def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None, model: str = "") -> Scores:
+        """Scores, calibrated to the served `model` when the sidecar has a calibration for it."""
         if not items:
             return Scores({}, None, fallback=True)
         if not self.breaker.allow():
             return Scores({}, None, fallback=True, error=BREAKER_OPEN)
         try:
-            resp = self.stub.Score(self._score_request(items), timeout=timeout_s or self.timeout_s)
+            resp = self.stub.Score(self._score_request(items, model), timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as e:
             self._failed("Score", e)
             return Scores({}, None, fallback=True, error=_code_name(e))
         self._succeeded()
-        return Scores({s.request_id: s.score for s in resp.scores}, resp.model_version, fallback=False)
+        return self._scores(resp)
+
+    def observe(self, finished: Sequence[Finished], timeout_s: float | None = None) -> Observed:
+        """Report finished requests (one call, no retry loop); a failure or an open breaker drops them."""
+        if not finished:
+            return Observed(0, 0, calibration_enabled=False, fallback=True)
+        if not self.breaker.allow():
+            return Observed(0, 0, calibration_enabled=False, fallback=True, error=BREAKER_OPEN)
+        try:
+            resp = self.stub.Observe(self._observe_request(finished), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("Observe", e)
+            return Observed(0, 0, calibration_enabled=False, fallback=True, error=_code_name(e))
+        self._succeeded()
+        return Observed(resp.accepted, resp.unknown, resp.calibration_enabled)
 
     def next_batch(
         self,
@@ -312,18 +381,33 @@ class AsyncRankerClient(_ClientBase):
         self.channel = aio.secure_channel(target, credentials, options) if credentials else aio.insecure_channel(target, options)
         self.stub = pbg.RankerServiceStub(self.channel)
 
-    async def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None) -> Scores:
+    async def score(self, items: Sequence[ScoreItem], timeout_s: float | None = None, model: str = "") -> Scores:
+        """Scores, calibrated to the served `model` when the sidecar has a calibration for it."""
         if not items:
             return Scores({}, None, fallback=True)
         if not self.breaker.allow():
             return Scores({}, None, fallback=True, error=BREAKER_OPEN)
         try:
-            resp = await self.stub.Score(self._score_request(items), timeout=timeout_s or self.timeout_s)
+            resp = await self.stub.Score(self._score_request(items, model), timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as e:
             self._failed("Score", e)
             return Scores({}, None, fallback=True, error=_code_name(e))
         self._succeeded()
-        return Scores({s.request_id: s.score for s in resp.scores}, resp.model_version, fallback=False)
+        return self._scores(resp)
+
+    async def observe(self, finished: Sequence[Finished], timeout_s: float | None = None) -> Observed:
+        """Report finished requests (one call, no retry loop); a failure or an open breaker drops them."""
+        if not finished:
+            return Observed(0, 0, calibration_enabled=False, fallback=True)
+        if not self.breaker.allow():
+            return Observed(0, 0, calibration_enabled=False, fallback=True, error=BREAKER_OPEN)
+        try:
+            resp = await self.stub.Observe(self._observe_request(finished), timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as e:
+            self._failed("Observe", e)
+            return Observed(0, 0, calibration_enabled=False, fallback=True, error=_code_name(e))
+        self._succeeded()
+        return Observed(resp.accepted, resp.unknown, resp.calibration_enabled)
 
     async def next_batch(
         self,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ltr/v1/ranker.proto\x12\x06ltr.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"a\n\tScoreItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12%\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x10.ltr.v1.TokenIdsH\x00\x42\x07\n\x05input\"0\n\x0cScoreRequest\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.ltr.v1.ScoreItem\">\n\tItemScore\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\"I\n\rScoreResponse\x12!\n\x06scores\x18\x01 \x03(\x0b\x32\x11.ltr.v1.ItemScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x9c\x02\n\tCandidate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x05score\x18\x02 \x01(\x02H\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\x0f\n\x07running\x18\x04 \x01(\x08\x12\x12\n\nnum_tokens\x18\x05 \x01(\r\x12\x15\n\x08priority\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\nidle_steps\x18\x07 \x01(\r\x12\x1b\n\x13promoted_steps_left\x18\x08 \x01(\r\x12\x11\n\tprotected\x18\t \x01(\x08\x12\x11\n\tovertakes\x18\n \x01(\r\x12\x19\n\x0c\x61rrival_step\x18\x0b \x01(\x04H\x02\x88\x01\x01\x42\x0c\n\nrank_inputB\x0b\n\t_priorityB\x0f\n\r_arrival_step\">\n\x06\x42udget\x12\x14\n\x0cmax_num_seqs\x18\x01 \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x02 \x01(\r\"X\n\x0fStarvationGuard\x12\x17\n\x0fthreshold_steps\x18\x01 \x01(\r\x12\x15\n\rquantum_steps\x18\x02 \x01(\r\x12\x15\n\rmax_overtakes\x18\x03 \x01(\r\"\xef\x01\n\x10\x43\x61ndidateColumns\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\x0f\n\x07running\x18\x04 \x03(\x08\x12\x12\n\nnum_tokens\x18\x05 \x03(\r\x12\x12\n\npriorities\x18\x06 \x03(\x05\x12\x12\n\nidle_steps\x18\x07 \x03(\r\x12\x1b\n\x13promoted_steps_left\x18\x08 \x03(\r\x12\x11\n\tprotected\x18\t \x03(\x08\x12\x11\n\tovertakes\x18\n \x03(\r\x12\x15\n\rarrival_steps\x18\x0b \x03(\x04\"\xbb\x01\n\x10NextBatchRequest\x12%\n\ncandidates\x18\x01 \x03(\x0b\x32\x11.ltr.v1.Candidate\x12)\n\x07\x63olumns\x18\x04 \x01(\x0b\x32\x18.ltr.v1.CandidateColumns\x12\x1e\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x0e.ltr.v1.Budget\x12+\n\x05guard\x18\x03 \x01(\x0b\x32\x17.ltr.v1.StarvationGuardH\x00\x88\x01\x01\x42\x08\n\x06_guard\"\xdc\x01\n\x11NextBatchResponse\x12\r\n\x05order\x18\x01 \x03(\r\x12\x15\n\rnum_scheduled\x18\x02 \x01(\r\x12\x11\n\tpreempted\x18\x03 \x03(\r\x12\x12\n\nidle_steps\x18\x04 \x03(\r\x12\x1b\n\x13promoted_steps_left\x18\x05 \x03(\r\x12\x11\n\tprotected\x18\t \x03(\x08\x12\x11\n\tovertakes\x18\n \x03(\r\x12\x0e\n\x06scores\x18\x06 \x03(\x02\x12\x10\n\x08unscored\x18\x07 \x03(\r\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"\x12\n\x10ModelInfoRequest\"\xb1\x02\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12=\n\nevaluation\x18\x06 \x03(\x0b\x32).ltr.v1.ModelInfoResponse.EvaluationEntry\x12\x0f\n\x07license\x18\x07 \x01(\t\x12.\n\rdefault_guard\x18\x08 \x01(\x0b\x32\x17.ltr.v1.StarvationGuard\x1a\x31\n\x0f\x45valuationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xc9\x01\n\rRankerService\x12\x34\n\x05Score\x12\x14.ltr.v1.ScoreRequest\x1a\x15.ltr.v1.ScoreResponse\x12@\n\tNextBatch\x12\x18.ltr.v1.NextBatchRequest\x1a\x19.ltr.v1.NextBatchResponse\x12@\n\tModelInfo\x12\x18.ltr.v1.ModelInfoRequest\x1a\x19.ltr.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ltr/v1/ranker.proto\x12\x06ltr.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"a\n\tScoreItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12%\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x10.ltr.v1.TokenIdsH\x00\x42\x07\n\x05input\"?\n\x0cScoreRequest\x12 \n\x05items\x18\x01 \x03(\x0b\x32\x11.ltr.v1.ScoreItem\x12\r\n\x05model\x18\x02 \x01(\t\"[\n\tItemScore\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x12\x1b\n\x13\x63\x61libration_version\x18\x04 \x01(\t\"I\n\rScoreResponse\x12!\n\x06scores\x18\x01 \x03(\x0b\x32\x11.ltr.v1.ItemScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x9c\x02\n\tCandidate\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x05score\x18\x02 \x01(\x02H\x00\x12\x10\n\x06prompt\x18\x03 \x01(\tH\x00\x12\x0f\n\x07running\x18\x04 \x01(\x08\x12\x12\n\nnum_tokens\x18\x05 \x01(\r\x12\x15\n\x08priority\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\nidle_steps\x18\x07 \x01(\r\x12\x1b\n\x13promoted_steps_left\x18\x08 \x01(\r\x12\x11\n\tprotected\x18\t \x01(\x08\x12\x11\n\tovertakes\x18\n \x01(\r\x12\x19\n\x0c\x61rrival_step\x18\x0b \x01(\x04H\x02\x88\x01\x01\x42\x0c\n\nrank_inputB\x0b\n\t_priorityB\x0f\n\r_arrival_step\">\n\x06\x42udget\x12\x14\n\x0cmax_num_seqs\x18\x01 \x01(\r\x12\x1e\n\x16max_num_batched_tokens\x18\x02 \x01(\r\"X\n\x0fStarvationGuard\x12\x17\n\x0fthreshold_steps\x18\x01 \x01(\r\x12\x15\n\rquantum_steps\x18\x02 \x01(\r\x12\x15\n\rmax_overtakes\x18\x03 \x01(\r\"\xef\x01\n\x10\x43\x61ndidateColumns\x12\x13\n\x0brequest_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\x0f\n\x07running\x18\x04 \x03(\x08\x12\x12\n\nnum_tokens\x18\x05 \x03(\r\x12\x12\n\npriorities\x18\x06 \x03(\x05\x12\x12\n\nidle_steps\x18\x07 \x03(\r\x12\x1b\n\x13promoted_steps_left\x18\x08 \x03(\r\x12\x11\n\tprotected\x18\t \x03(\x08\x12\x11\n\tovertakes\x18\n \x03(\r\x12\x15\n\rarrival_steps\x18\x0b \x03(\x04\"\xbb\x01\n\x10NextBatchRequest\x12%\n\ncandidates\x18\x01 \x03(\x0b\x32\x11.ltr.v1.Candidate\x12)\n\x07\x63olumns\x18\x04 \x01(\x0b\x32\x18.ltr.v1.CandidateColumns\x12\x1e\n\x06\x62udget\x18\x02 \x01(\x0b\x32\x0e.ltr.v1.Budget\x12+\n\x05guard\x18\x03 \x01(\x0b\x32\x17.ltr.v1.StarvationGuardH\x00\x88\x01\x01\x42\x08\n\x06_guard\"\xdc\x01\n\x11NextBatchResponse\x12\r\n\x05order\x18\x01 \x03(\r\x12\x15\n\rnum_scheduled\x18\x02 \x01(\r\x12\x11\n\tpreempted\x18\x03 \x03(\r\x12\x12\n\nidle_steps\x18\x04 \x03(\r\x12\x1b\n\x13promoted_steps_left\x18\x05 \x03(\r\x12\x11\n\tprotected\x18\t \x03(\x08\x12\x11\n\tovertakes\x18\n \x03(\r\x12\x0e\n\x06scores\x18\x06 \x03(\x02\x12\x10\n\x08unscored\x18\x07 \x03(\r\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"\xa9\x01\n\x0bObservation\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x1e\n\x06\x66inish\x18\x03 \x01(\x0e\x32\x0e.ltr.v1.Finish\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12%\n\ttoken_ids\x18\x06 \x01(\x0b\x32\x10.ltr.v1.TokenIdsH\x00\x42\x07\n\x05input\";\n\x0eObserveRequest\x12)\n\x0cobservations\x18\x01 \x03(\x0b\x32\x13.ltr.v1.Observation\"Q\n\x0fObserveResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07unknown\x18\x02 \x01(\r\x12\x1b\n\x13\x63\x61libration_enabled\x18\x03 \x01(\x08\"\xa0\x01\n\x0b\x43\x61libration\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cobservations\x18\x03 \x01(\x04\x12\x0c\n\x04held\x18\x04 \x01(\x04\x12\x12\n\nbase_tau_b\x18\x05 \x01(\x01\x12\x15\n\rserving_tau_b\x18\x06 \x01(\x01\x12\x0e\n\x06refits\x18\x07 \x01(\r\x12\x12\n\npromotions\x18\x08 \x01(\r\"\x12\n\x10ModelInfoRequest\"\xf9\x02\n\x11ModelInfoResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x03 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x04 \x01(\r\x12\x1a\n\x12\x65xecution_provider\x18\x05 \x01(\t\x12=\n\nevaluation\x18\x06 \x03(\x0b\x32).ltr.v1.ModelInfoResponse.EvaluationEntry\x12\x0f\n\x07license\x18\x07 \x01(\t\x12.\n\rdefault_guard\x18\x08 \x01(\x0b\x32\x17.ltr.v1.StarvationGuard\x12)\n\x0c\x63\x61librations\x18\t \x03(\x0b\x32\x13.ltr.v1.Calibration\x12\x1b\n\x13\x63\x61libration_enabled\x18\n \x01(\x08\x1a\x31\n\x0f\x45valuationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*[\n\x06\x46inish\x12\x16\n\x12\x46INISH_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x46INISH_STOPPED\x10\x01\x12\x11\n\rFINISH_LENGTH\x10\x02\x12\x12\n\x0e\x46INISH_ABORTED\x10\x03\x32\x85\x02\n\rRankerService\x12\x34\n\x05Score\x12\x14.ltr.v1.ScoreRequest\x1a\x15.ltr.v1.ScoreResponse\x12@\n\tNextBatch\x12\x18.ltr.v1.NextBatchRequest\x1a\x19.ltr.v1.NextBatchResponse\x12@\n\tModelInfo\x12\x18.ltr.v1.ModelInfoRequest\x1a\x19.ltr.v1.ModelInfoResponse\x12:\n\x07Observe\x12\x16.ltr.v1.ObserveRequest\x1a\x17.ltr.v1.ObserveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,34 +34,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFORESPONSE_EVALUATIONENTRY']._loaded_options = None
   _globals['_MODELINFORESPONSE_EVALUATIONENTRY']._serialized_options = b'8\001'
+  _globals['_FINISH']._serialized_start=2363
+  _globals['_FINISH']._serialized_end=2454
   _globals['_TOKENIDS']._serialized_start=31
   _globals['_TOKENIDS']._serialized_end=54
   _globals['_SCOREITEM']._serialized_start=56
   _globals['_SCOREITEM']._serialized_end=153
   _globals['_SCOREREQUEST']._serialized_start=155
-  _globals['_SCOREREQUEST']._serialized_end=203
-  _globals['_ITEMSCORE']._serialized_start=205
-  _globals['_ITEMSCORE']._serialized_end=267
-  _globals['_SCORERESPONSE']._serialized_start=269
-  _globals['_SCORERESPONSE']._serialized_end=342
-  _globals['_CANDIDATE']._serialized_start=345
-  _globals['_CANDIDATE']._serialized_end=629
-  _globals['_BUDGET']._serialized_start=631
-  _globals['_BUDGET']._serialized_end=693
-  _globals['_STARVATIONGUARD']._serialized_start=695
-  _globals['_STARVATIONGUARD']._serialized_end=783
-  _globals['_CANDIDATECOLUMNS']._serialized_start=786
-  _globals['_CANDIDATECOLUMNS']._serialized_end=1025
-  _globals['_NEXTBATCHREQUEST']._serialized_start=1028
-  _globals['_NEXTBATCHREQUEST']._serialized_end=1215
-  _globals['_NEXTBATCHRESPONSE']._serialized_start=1218
-  _globals['_NEXTBATCHRESPONSE']._serialized_end=1438
-  _globals['_MODELINFOREQUEST']._serialized_start=1440
-  _globals['_MODELINFOREQUEST']._serialized_end=1458
-  _globals['_MODELINFORESPONSE']._serialized_start=1461
-  _globals['_MODELINFORESPONSE']._serialized_end=1766
-  _globals['_MODELINFORESPONSE_EVALUATIONENTRY']._serialized_start=1717
-  _globals['_MODELINFORESPONSE_EVALUATIONENTRY']._serialized_end=1766
-  _globals['_RANKERSERVICE']._serialized_start=1769
-  _globals['_RANKERSERVICE']._serialized_end=1970
+  _globals['_SCOREREQUEST']._serialized_end=218
+  _globals['_ITEMSCORE']._serialized_start=220
+  _globals['_ITEMSCORE']._serialized_end=311
+  _globals['_SCORERESPONSE']._serialized_start=313
+  _globals['_SCORERESPONSE']._serialized_end=386
+  _globals['_CANDIDATE']._serialized_start=389
+  _globals['_CANDIDATE']._serialized_end=673
+  _globals['_BUDGET']._serialized_start=675
+  _globals['_BUDGET']._serialized_end=737
+  _globals['_STARVATIONGUARD']._serialized_start=739
+  _globals['_STARVATIONGUARD']._serialized_end=827
+  _globals['_CANDIDATECOLUMNS']._serialized_start=830
+  _globals['_CANDIDATECOLUMNS']._serialized_end=1069
+  _globals['_NEXTBATCHREQUEST']._serialized_start=1072
+  _globals['_NEXTBATCHREQUEST']._serialized_end=1259
+  _globals['_NEXTBATCHRESPONSE']._serialized_start=1262
+  _globals['_NEXTBATCHRESPONSE']._serialized_end=1482
+  _globals['_OBSERVATION']._serialized_start=1485
+  _globals['_OBSERVATION']._serialized_end=1654
+  _globals['_OBSERVEREQUEST']._serialized_start=1656
+  _globals['_OBSERVEREQUEST']._serialized_end=1715
+  _globals['_OBSERVERESPONSE']._serialized_start=1717
+  _globals['_OBSERVERESPONSE']._serialized_end=1798
+  _globals['_CALIBRATION']._serialized_start=1801
+  _globals['_CALIBRATION']._serialized_end=1961
+  _globals['_MODELINFOREQUEST']._serialized_start=1963
+  _globals['_MODELINFOREQUEST']._serialized_end=1981
+  _globals['_MODELINFORESPONSE']._serialized_start=1984
+  _globals['_MODELINFORESPONSE']._serialized_end=2361
+  _globals['_MODELINFORESPONSE_EVALUATIONENTRY']._serialized_start=2312
+  _globals['_MODELINFORESPONSE_EVALUATIONENTRY']._serialized_end=2361
+  _globals['_RANKERSERVICE']._serialized_start=2457
+  _globals['_RANKERSERVICE']._serialized_end=2718
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,11 @@ class RankerServiceStub:
                 request_serializer=ltr_dot_v1_dot_ranker__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=ltr_dot_v1_dot_ranker__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.Observe = channel.unary_unary(
+                '/ltr.v1.RankerService/Observe',
+                request_serializer=ltr_dot_v1_dot_ranker__pb2.ObserveRequest.SerializeToString,
+                response_deserializer=ltr_dot_v1_dot_ranker__pb2.ObserveResponse.FromString,
+                _registered_method=True)
 
 
 class RankerServiceServicer:
@@ -83,6 +88,16 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Observe(self, request, context):
+        """Observe reports finished requests: how many tokens each one answered with
+        and how it ended. A sidecar started with --calibration on learns each
+        served model's lengths from them (see ItemScore.calibration_version).
+        It keeps derived features and lengths only, never the prompt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +115,11 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=ltr_dot_v1_dot_ranker__pb2.ModelInfoRequest.FromString,
                     response_serializer=ltr_dot_v1_dot_ranker__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'Observe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Observe,
+                    request_deserializer=ltr_dot_v1_dot_ranker__pb2.ObserveRequest.FromString,
+                    response_serializer=ltr_dot_v1_dot_ranker__pb2.ObserveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +205,33 @@ class RankerService:
             '/ltr.v1.RankerService/ModelInfo',
             ltr_dot_v1_dot_ranker__pb2.ModelInfoRequest.SerializeToString,
             ltr_dot_v1_dot_ranker__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Observe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ltr.v1.RankerService/Observe',
+            ltr_dot_v1_dot_ranker__pb2.ObserveRequest.SerializeToString,
+            ltr_dot_v1_dot_ranker__pb2.ObserveResponse.FromString,
             options,
             channel_credentials,
             insecure,
