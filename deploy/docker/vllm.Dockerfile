@@ -4,7 +4,8 @@
 #
 # Build from the repository root:
 #   docker build -f deploy/docker/vllm.Dockerfile -t ltr-vllm:0.32.0 .
-# ltr-client's vllm extra pins vllm==0.32.0, the release its hook supports.
+# ltr-client's vllm extra takes vllm 0.32 or 0.33; the image stays on 0.32.0, the
+# release the hook's engine tests ran on (clients/python/README.md).
 # For a CPU node pool, build the same recipe on vLLM's CPU image of that release
 # (rename FROM, e.g. to a locally built `vllm-cpu:v0.32.0`), tagged 0.32.0-cpu.
 FROM vllm/vllm-openai:v0.32.0

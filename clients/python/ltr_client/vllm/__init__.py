@@ -12,7 +12,7 @@ Modules, one job each:
 - `request_queue`: vLLM's FCFS queue, for `waiting` and `kv_holding_waiting`, re-ranked when it can have changed;
 - `scheduler`: the Scheduler / AsyncScheduler subclasses that tie them together.
 
-Supported: vLLM 0.32 (see clients/python/README.md). The scheduler classes are
+Supported: vLLM 0.32 and 0.33 (see clients/python/README.md). The scheduler classes are
 imported lazily, so `config`, `scorer` and `ranking` load without vLLM.
 """
 
